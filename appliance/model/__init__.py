@@ -1,0 +1,1 @@
+"""The site.yaml model: schema, loader with line/column marks, semantic validation."""

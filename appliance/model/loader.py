@@ -1,0 +1,215 @@
+"""YAML documents with line/column marks, and errors that point into them.
+
+Every problem found in a user's file (syntax, schema, semantics) becomes a `Problem` with the
+file, line, column and dotted path of the offending node; `SiteError` carries all of them so the
+user sees every mistake at once, netplan-style: `FILE:LINE:COL: path: message`, the source line,
+and a caret under the column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError
+
+PathPart = str | int
+
+
+def dotted(path: Sequence[PathPart]) -> str:
+    """('dmvpn', 'nhrp', 'nhs', 0, 'nbma') -> 'dmvpn.nhrp.nhs[0].nbma'."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(document)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One error or warning, located in a source file (line and col are 1-based)."""
+
+    file: str
+    line: int
+    col: int
+    path: str
+    message: str
+    severity: str = "error"  # "error" | "warning"
+    source_line: str | None = None
+
+    def headline(self) -> str:
+        prefix = "warning: " if self.severity == "warning" else ""
+        return f"{self.file}:{self.line}:{self.col}: {prefix}{self.path}: {self.message}"
+
+    def format(self) -> str:
+        """The headline, then the source line and a caret under the column."""
+        if self.source_line is None:
+            return self.headline()
+        caret = " " * (max(self.col, 1) - 1) + "^"
+        return f"{self.headline()}\n    {self.source_line}\n    {caret}"
+
+
+class SiteError(Exception):
+    """One or more errors in a user's file. str() is the full, formatted report."""
+
+    def __init__(self, problems: Iterable[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(p.format() for p in self.problems))
+
+
+@dataclass
+class Document:
+    """A parsed YAML file: plain Python data plus the marks of every node."""
+
+    file: str
+    root: Any  # ruamel CommentedMap/CommentedSeq tree (keeps marks)
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def data(self) -> Any:
+        return to_plain(self.root)
+
+    def mark(self, path: Sequence[PathPart], at_key: bool = False) -> tuple[int, int]:
+        """1-based (line, col) of the node at path; the nearest existing ancestor if it is missing.
+
+        For a mapping key that exists, the mark is that of the value (where the mistake usually
+        is); for a missing key, the mark of the parent mapping's first key.
+        """
+        node = self.root
+        line, col = 0, 0
+        if isinstance(node, CommentedMap | CommentedSeq):
+            line, col = _first_mark(node)
+        for part in path:
+            if isinstance(node, CommentedMap) and isinstance(part, str) and part in node:
+                try:
+                    vline, vcol = node.lc.value(part)
+                except (KeyError, TypeError):
+                    vline, vcol = node.lc.key(part)
+                if at_key or (isinstance(node[part], CommentedMap | CommentedSeq) and len(node[part])):
+                    # a block collection's own mark is its key; point at the key
+                    vline, vcol = node.lc.key(part)
+                line, col = vline, vcol
+                node = node[part]
+            elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+                line, col = node.lc.item(part)
+                node = node[part]
+            else:
+                break
+        return line + 1, col + 1
+
+    def problem(
+        self, path: Sequence[PathPart], message: str, severity: str = "error", at_key: bool = False
+    ) -> Problem:
+        line, col = self.mark(path, at_key)
+        src = self.lines[line - 1] if 0 < line <= len(self.lines) else None
+        return Problem(self.file, line, col, dotted(path), message, severity, src)
+
+
+def _first_mark(node: CommentedMap | CommentedSeq) -> tuple[int, int]:
+    if isinstance(node, CommentedMap) and len(node):
+        return node.lc.key(next(iter(node)))
+    if isinstance(node, CommentedSeq) and len(node):
+        return node.lc.item(0)
+    return node.lc.line or 0, node.lc.col or 0
+
+
+def to_plain(node: Any) -> Any:
+    if isinstance(node, CommentedMap):
+        return {str(k): to_plain(v) for k, v in node.items()}
+    if isinstance(node, CommentedSeq):
+        return [to_plain(v) for v in node]
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def load_document(path: str | Path) -> Document:
+    """Parse a YAML file, rejecting duplicate keys; raise SiteError with marks on any failure."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SiteError([Problem(name, 0, 0, "(file)", "no such file")]) from None
+    except OSError as e:
+        raise SiteError([Problem(name, 0, 0, "(file)", f"cannot read: {e.strerror}")]) from None
+    except UnicodeDecodeError as e:
+        raise SiteError([Problem(name, 0, 0, "(file)", f"not UTF-8 text: {e.reason}")]) from None
+    return parse_document(text, name)
+
+
+def parse_document(text: str, name: str) -> Document:
+    lines = text.splitlines()
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    try:
+        root = yaml.load(text)
+    except DuplicateKeyError as e:
+        mark = e.problem_mark
+        src = lines[mark.line] if mark and mark.line < len(lines) else None
+        key = _duplicate_key_name(e)
+        raise SiteError(
+            [Problem(name, mark.line + 1, mark.column + 1, key, "duplicate key", "error", src)]
+        ) from None
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        src = lines[line - 1] if 0 < line <= len(lines) else None
+        msg = (e.problem or e.context or "invalid YAML").strip()
+        raise SiteError([Problem(name, line, col, "(yaml)", msg, "error", src)]) from None
+    if root is None:
+        root = CommentedMap()
+    return Document(name, root, lines)
+
+
+def _duplicate_key_name(e: DuplicateKeyError) -> str:
+    problem = str(e.problem or "")
+    # ruamel: 'found duplicate key "name" with value ...'
+    if '"' in problem:
+        return problem.split('"')[1]
+    return "(yaml)"
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_model(doc: Document, model: type[M]) -> M:
+    """Validate doc.data against a pydantic model; every error becomes a located Problem."""
+    try:
+        return model.model_validate(doc.data)
+    except ValidationError as e:
+        raise SiteError(problems_from_validation(doc, e)) from None
+
+
+def problems_from_validation(doc: Document, error: ValidationError) -> list[Problem]:
+    problems = []
+    for err in error.errors(include_url=False):
+        loc = [p for p in err["loc"] if not _is_union_tag(p)]
+        msg = _friendly_message(err)
+        problems.append(doc.problem(loc, msg, at_key=err["type"] == "extra_forbidden"))
+    return problems
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts the union member's name into loc ('function-after[...]', 'str', 'int'...)
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "bool", "float"})
+
+
+def _friendly_message(err: dict) -> str:
+    kind = err["type"]
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    msg = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    return msg
