@@ -208,6 +208,8 @@ def _friendly_message(err: dict) -> str:
         return "required field is missing"
     if kind == "extra_forbidden":
         return "unknown field"
+    if kind == "string_pattern_mismatch":
+        return f"{err['input']!r} is not a valid {str(err['loc'][-1]).replace('_', ' ')}"
     msg = err["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
