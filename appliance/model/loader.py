@@ -105,9 +105,7 @@ class Document:
                 break
         return line + 1, col + 1
 
-    def problem(
-        self, path: Sequence[PathPart], message: str, severity: str = "error", at_key: bool = False
-    ) -> Problem:
+    def problem(self, path: Sequence[PathPart], message: str, severity: str = "error", at_key: bool = False) -> Problem:
         line, col = self.mark(path, at_key)
         src = self.lines[line - 1] if 0 < line <= len(self.lines) else None
         return Problem(self.file, line, col, dotted(path), message, severity, src)
@@ -155,9 +153,7 @@ def parse_document(text: str, name: str) -> Document:
         mark = e.problem_mark
         src = lines[mark.line] if mark and mark.line < len(lines) else None
         key = _duplicate_key_name(e)
-        raise SiteError(
-            [Problem(name, mark.line + 1, mark.column + 1, key, "duplicate key", "error", src)]
-        ) from None
+        raise SiteError([Problem(name, mark.line + 1, mark.column + 1, key, "duplicate key", "error", src)]) from None
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)

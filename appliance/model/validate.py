@@ -42,7 +42,10 @@ def installed_frr_version() -> tuple[int, int] | None:
     try:
         out = subprocess.run(
             ["dpkg-query", "-W", "-f", "${Version}", "frr"],
-            capture_output=True, text=True, timeout=10, check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -62,8 +65,9 @@ def load_site(
     """Load, validate and resolve a site file. Raises SiteError listing every problem."""
     doc = load_document(path)
     site = validate_model(doc, Site)
-    checker = _Checker(doc, site, os.environ if env is None else env,
-                       frr_version or installed_frr_version() or TARGET_FRR)
+    checker = _Checker(
+        doc, site, os.environ if env is None else env, frr_version or installed_frr_version() or TARGET_FRR
+    )
     checker.run(resolve_secrets)
     if checker.errors:
         raise SiteError(checker.errors)
@@ -104,8 +108,7 @@ class _Checker:
             if pub.dhcp:
                 self.error((*p, "gateway"), "with 'dhcp: true' the gateway comes from DHCP")
             elif pub.address is not None and pub.gateway not in pub.address.network:
-                self.error((*p, "gateway"),
-                           f"gateway {pub.gateway} is not in {pub.address.network}")
+                self.error((*p, "gateway"), f"gateway {pub.gateway} is not in {pub.address.network}")
         names = {pub.name: p}
         tunnel = self.site.dmvpn.tunnel.name
         for i, lan in enumerate(self.site.interfaces.lan):
@@ -116,12 +119,16 @@ class _Checker:
             if lan.address.network.prefixlen == 32:
                 self.error(("interfaces", "lan", i, "address"), "a LAN needs a prefix shorter than /32")
             if lan.address.network.overlaps(self.site.dmvpn.tunnel.prefix):
-                self.error(("interfaces", "lan", i, "address"),
-                           f"{lan.address.network} overlaps the overlay {self.site.dmvpn.tunnel.prefix}")
+                self.error(
+                    ("interfaces", "lan", i, "address"),
+                    f"{lan.address.network} overlaps the overlay {self.site.dmvpn.tunnel.prefix}",
+                )
             for j, other in enumerate(self.site.interfaces.lan[:i]):
                 if lan.address.network.overlaps(other.address.network):
-                    self.error(("interfaces", "lan", i, "address"),
-                               f"{lan.address.network} overlaps interfaces.lan[{j}] ({other.address.network})")
+                    self.error(
+                        ("interfaces", "lan", i, "address"),
+                        f"{lan.address.network} overlaps interfaces.lan[{j}] ({other.address.network})",
+                    )
         if tunnel == pub.name:
             self.error(("dmvpn", "tunnel", "name"), f"{tunnel} is the public interface")
 
@@ -137,12 +144,15 @@ class _Checker:
         elif t.address in (t.prefix.network_address, t.prefix.broadcast_address):
             self.error(("dmvpn", "tunnel", "address"), f"{t.address} is not a host address of {t.prefix}")
         if t.source is not None and t.source != self.site.interfaces.public.name:
-            self.error(("dmvpn", "tunnel", "source"),
-                       f"the tunnel must be sourced from the public interface "
-                       f"({self.site.interfaces.public.name})")
+            self.error(
+                ("dmvpn", "tunnel", "source"),
+                f"the tunnel must be sourced from the public interface ({self.site.interfaces.public.name})",
+            )
         if t.tcp_mss is not None and t.tcp_mss > t.mtu - 40:
-            self.error(("dmvpn", "tunnel", "tcp_mss"), f"MSS {t.tcp_mss} does not fit the tunnel MTU {t.mtu} "
-                       f"(at most {t.mtu - 40})")
+            self.error(
+                ("dmvpn", "tunnel", "tcp_mss"),
+                f"MSS {t.tcp_mss} does not fit the tunnel MTU {t.mtu} (at most {t.mtu - 40})",
+            )
         n = d.nhrp
         if d.role == "spoke" and not n.nhs:
             self.error(("dmvpn", "nhrp", "nhs"), "a spoke needs at least one NHS (its hub)")
@@ -151,7 +161,9 @@ class _Checker:
         seen: set[IPv4Address] = set()
         for i, nhs in enumerate(n.nhs):
             if nhs.address not in t.prefix:
-                self.error(("dmvpn", "nhrp", "nhs", i, "address"), f"{nhs.address} is not inside the overlay {t.prefix}")
+                self.error(
+                    ("dmvpn", "nhrp", "nhs", i, "address"), f"{nhs.address} is not inside the overlay {t.prefix}"
+                )
             if nhs.address == t.address:
                 self.error(("dmvpn", "nhrp", "nhs", i, "address"), "this is the spoke's own tunnel address")
             if nhs.address in seen:
@@ -159,12 +171,16 @@ class _Checker:
             seen.add(nhs.address)
         if n.authentication is not None:
             if self.frr < NHRP_AUTH_MIN_FRR:
-                self.error(("dmvpn", "nhrp", "authentication"),
-                           f"FRR {self.frr[0]}.{self.frr[1]} has no 'ip nhrp authentication' command; "
-                           f"remove the field (it needs FRR >= {NHRP_AUTH_MIN_FRR[0]}.{NHRP_AUTH_MIN_FRR[1]})")
+                self.error(
+                    ("dmvpn", "nhrp", "authentication"),
+                    f"FRR {self.frr[0]}.{self.frr[1]} has no 'ip nhrp authentication' command; "
+                    f"remove the field (it needs FRR >= {NHRP_AUTH_MIN_FRR[0]}.{NHRP_AUTH_MIN_FRR[1]})",
+                )
             else:
-                self.warn(("dmvpn", "nhrp", "authentication"),
-                          "NHRP authentication is a cleartext string for Cisco interop, not a security control")
+                self.warn(
+                    ("dmvpn", "nhrp", "authentication"),
+                    "NHRP authentication is a cleartext string for Cisco interop, not a security control",
+                )
         if d.role == "hub" and n.phase == 3 and self.site.firewall.redirect_rate < 1:
             self.error(("firewall", "redirect_rate"), "phase 3 needs NHRP redirects")
 
@@ -185,8 +201,10 @@ class _Checker:
         if auth.psk is not None:
             value = self.secret(auth.psk, ("ipsec", "auth", "psk"), resolve)
             if value is not None and len(value) < MIN_PSK_LENGTH:
-                self.warn(("ipsec", "auth", "psk"),
-                          f"the PSK has {len(value)} characters; use at least {MIN_PSK_LENGTH} random ones")
+                self.warn(
+                    ("ipsec", "auth", "psk"),
+                    f"the PSK has {len(value)} characters; use at least {MIN_PSK_LENGTH} random ones",
+                )
         if auth.x509 is not None:
             x = auth.x509
             for name in ("ca", "cert"):
@@ -252,8 +270,10 @@ class _Checker:
             if o.authentication is not None:
                 key = self.secret(o.authentication.key, ("routing", "ospf", "authentication", "key"), resolve)
                 if key is not None and len(key.encode()) > OSPF_MD5_MAX:
-                    self.error(("routing", "ospf", "authentication", "key"),
-                               f"an OSPF MD5 key has at most {OSPF_MD5_MAX} bytes (this one has {len(key.encode())})")
+                    self.error(
+                        ("routing", "ospf", "authentication", "key"),
+                        f"an OSPF MD5 key has at most {OSPF_MD5_MAX} bytes (this one has {len(key.encode())})",
+                    )
         if r.bgp is not None:
             b = r.bgp
             if self.site.role == "spoke" and b.summary_only:
@@ -265,11 +285,14 @@ class _Checker:
             if b.password is not None:
                 self.secret(b.password, ("routing", "bgp", "password"), resolve)
         if r.eigrp is not None and not r.eigrp.experimental:
-            self.error(("routing", "eigrp", "experimental"),
-                       "FRR's eigrpd is incomplete (no authentication, no stub); set 'experimental: true' to use it")
+            self.error(
+                ("routing", "eigrp", "experimental"),
+                "FRR's eigrpd is incomplete (no authentication, no stub); set 'experimental: true' to use it",
+            )
         for i, route in enumerate(r.static):
             if route.interface is not None and route.interface not in lan_names | {
-                self.site.interfaces.public.name, self.site.dmvpn.tunnel.name
+                self.site.interfaces.public.name,
+                self.site.dmvpn.tunnel.name,
             }:
                 self.error(("routing", "static", i, "interface"), f"{route.interface} is not an interface of this site")
 
@@ -287,8 +310,10 @@ class _Checker:
             if lan is None:
                 self.error((*p, "interface"), f"{g.interface} is not a LAN interface")
             if (g.interface, g.vrid) in seen:
-                self.error((*p, "vrid"), f"VRID {g.vrid} is already used on {g.interface} "
-                           f"(vrrp.groups[{seen[g.interface, g.vrid]}])")
+                self.error(
+                    (*p, "vrid"),
+                    f"VRID {g.vrid} is already used on {g.interface} (vrrp.groups[{seen[g.interface, g.vrid]}])",
+                )
             seen[g.interface, g.vrid] = i
             if g.advert_interval < 1 and g.version == 2:
                 self.error((*p, "advert_interval"), "sub-second intervals need VRRP version 3")
@@ -299,8 +324,10 @@ class _Checker:
             if lan is not None:
                 for j, vip in enumerate(g.virtual_addresses):
                     if vip.ip not in lan.address.network:
-                        self.error((*p, "virtual_addresses", j), f"{vip.ip} is not in {g.interface}'s subnet "
-                                   f"{lan.address.network}")
+                        self.error(
+                            (*p, "virtual_addresses", j),
+                            f"{vip.ip} is not in {g.interface}'s subnet {lan.address.network}",
+                        )
                     elif vip.ip == lan.address.ip:
                         self.error((*p, "virtual_addresses", j), f"{vip.ip} is {g.interface}'s own address")
                 for j, peer in enumerate(g.unicast_peers):
@@ -319,4 +346,3 @@ class _Checker:
         for i, rule in enumerate(self.site.firewall.public.allow):
             if rule.protocol == "udp" and rule.port in (500, 4500):
                 self.error(("firewall", "public", "allow", i, "port"), "IKE ports are always open")
-

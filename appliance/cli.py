@@ -1,0 +1,123 @@
+"""The `appliance` command line: thin wiring over model, render, engine and lab.
+
+Each subcommand is registered by a small `add_*` function next to its handler; handlers return
+the process exit code. Exit codes: 0 ok, 1 operational failure, 2 bad input (site file,
+arguments), 3 preflight failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from . import __version__
+from .model.loader import SiteError
+from .model.validate import load_site
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def eprint(*args: object) -> None:
+    print(*args, file=sys.stderr)
+
+
+# --- validate ---------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    for path in args.site:
+        try:
+            loaded = load_site(path, resolve_secrets=not args.no_secrets)
+        except SiteError as e:
+            eprint(str(e))
+            status = EXIT_BAD_INPUT
+            continue
+        for w in loaded.warnings:
+            eprint(w.format())
+        print(f"{path}: valid ({loaded.site.role} {loaded.site.system.hostname})")
+    return status
+
+
+def add_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check site files and print every error with file:line:col")
+    p.add_argument("site", nargs="+", type=Path, help="site.yaml file(s)")
+    p.add_argument("--no-secrets", action="store_true", help="do not require secrets (env vars, files) to be present")
+    p.set_defaults(func=cmd_validate)
+
+
+# --- render -----------------------------------------------------------------------------------
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .files import write_tree
+    from .render import render_site
+
+    try:
+        loaded = load_site(args.site)
+    except SiteError as e:
+        eprint(str(e))
+        return EXIT_BAD_INPUT
+    desired = render_site(loaded.site)
+    for path in write_tree(desired.files, args.root_dir):
+        print(path)
+    return EXIT_OK
+
+
+def add_render(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("render", help="write every rendered artefact under a root directory")
+    p.add_argument("site", type=Path, help="site.yaml")
+    p.add_argument(
+        "--root-dir", type=Path, required=True, help="directory standing for / (files go where they live on a box)"
+    )
+    p.set_defaults(func=cmd_render)
+
+
+# --- main -------------------------------------------------------------------------------------
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [add_validate, add_render]
+
+
+def _optional_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Command groups living in their own packages (engine, show, lab)."""
+    found = []
+    for module, name in (
+        ("appliance.engine_cli", "add_engine_commands"),
+        ("appliance.show", "add_show"),
+        ("appliance.lab.cli", "add_lab_parser"),
+    ):
+        try:
+            mod = __import__(module, fromlist=[name])
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        found.append(getattr(mod, name))
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="appliance",
+        description="A Linux-native DMVPN router configured from one site.yaml.",
+    )
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in REGISTRARS + _optional_registrars():
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        eprint("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
