@@ -1,0 +1,43 @@
+# Two commands matter (README quick start): `make demo` and `make test`. Both set everything up
+# first on a fresh Debian 12 machine (root): Debian packages, then the project's virtualenv.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup deps venv test test-unit test-lab demo lint format bench clean
+
+setup: deps venv
+
+deps:
+	bash scripts/install-deps.sh product lab dev
+
+# --system-site-packages on Debian's python: python-nftables is Debian's python3-nftables.
+$(STAMP): pyproject.toml
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -ra tests
+
+test-unit: venv
+	$(PY) -m pytest -q -ra -m 'not lab and not image' tests
+
+test-lab: setup
+	$(PY) -m pytest -q -ra -m lab tests
+
+demo: setup
+	bash scripts/demo.sh
+
+lint: venv
+	$(VENV)/bin/ruff check appliance tests bench
+	$(VENV)/bin/ruff format --check appliance tests bench
+
+format: venv
+	$(VENV)/bin/ruff format appliance tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
