@@ -1,0 +1,156 @@
+"""`appliance show dmvpn|ipsec|ospf|bgp|vrrp|firewall`: human tables or --json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import status
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}TiB"
+
+
+def format_dmvpn(d: dict) -> str:
+    out = []
+    if d["nhs"]:
+        out += [
+            "Next-hop servers",
+            table(
+                ["interface", "nhs", "nbma", "state"],
+                [(e.get("interface"), e.get("proto"), e.get("nbma"), e.get("state")) for e in d["nhs"]],
+            ),
+            "",
+        ]
+    out += [
+        "NHRP peers",
+        table(
+            ["interface", "overlay", "nbma", "claimed nbma", "type", "flags"],
+            [
+                (
+                    e.get("interface"),
+                    e.get("protocol"),
+                    e.get("nbma"),
+                    e.get("claimedNbma"),
+                    e.get("type"),
+                    " ".join(f for f in ("used" if e.get("used") else "", e.get("flags", "")) if f),
+                )
+                for e in d["cache"]
+            ],
+        ),
+    ]
+    out += [
+        "",
+        "Shortcuts",
+        table(
+            ["type", "prefix", "via", "identity"],
+            [(e.get("type"), e.get("prefix"), e.get("via"), e.get("identity")) for e in d["shortcuts"]],
+        ),
+    ]
+    out += [f"warning: {w}" for w in d["warnings"]]
+    return "\n".join(out)
+
+
+def format_ipsec(d: dict) -> str:
+    rows = []
+    for sa in d["sas"]:
+        nat = ",".join(x for x, on in (("local", sa["nat_local"]), ("remote", sa["nat_remote"])) if on) or "-"
+        for c in sa["children"] or [{}]:
+            rows.append(
+                (
+                    sa["remote"],
+                    sa["state"],
+                    f"IKEv{sa['version']}",
+                    sa["encryption"],
+                    nat,
+                    c.get("state", "-"),
+                    c.get("encryption", "-"),
+                    human_bytes(c.get("bytes_in", 0)),
+                    human_bytes(c.get("bytes_out", 0)),
+                )
+            )
+    return table(["peer", "ike", "ver", "ike cipher", "nat", "child", "esp cipher", "in", "out"], rows)
+
+
+def format_ospf(d: dict) -> str:
+    return (
+        table(
+            ["neighbour", "state", "address", "interface"],
+            [(n["router_id"], n["state"], n["address"], n["interface"]) for n in d["neighbours"]],
+        )
+        + "\nOSPF routes: "
+        + (", ".join(d["routes"]) or "none")
+    )
+
+
+def format_bgp(d: dict) -> str:
+    return f"AS {d['as']} router-id {d['router_id']}\n" + table(
+        ["peer", "remote as", "state", "prefixes", "uptime", "dynamic"],
+        [
+            (p["peer"], p["remote_as"], p["state"], p["prefixes_received"], p["uptime"], p["dynamic"])
+            for p in d["peers"]
+        ],
+    )
+
+
+def format_vrrp(d: dict) -> str:
+    if not d["groups"]:
+        return "no VRRP state reported (no groups, or keepalived has not started)"
+    return table(
+        ["group", "state", "priority", "since"],
+        [(g.get("name"), g.get("state"), g.get("priority"), g.get("since")) for g in d["groups"]],
+    )
+
+
+def format_firewall(d: dict) -> str:
+    return (
+        d["table"]
+        + "\n"
+        + table(
+            ["chain", "rule", "packets", "bytes"],
+            [(r["chain"], r["comment"], r["packets"], r["bytes"]) for r in d["rules"] if r["comment"]],
+        )
+    )
+
+
+VIEWS: dict[str, tuple[Callable[[], dict], Callable[[dict], str]]] = {
+    "dmvpn": (status.dmvpn, format_dmvpn),
+    "ipsec": (status.ipsec, format_ipsec),
+    "ospf": (status.ospf, format_ospf),
+    "bgp": (status.bgp, format_bgp),
+    "vrrp": (status.vrrp, format_vrrp),
+    "firewall": (status.firewall, format_firewall),
+}
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    read, fmt = VIEWS[args.view]
+    try:
+        data = read()
+    except status.StatusError as e:
+        print(f"appliance show {args.view}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else fmt(data))
+    return 0
+
+
+def add_show(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("show", help="show the running DMVPN, IPsec, routing, VRRP or firewall state")
+    p.add_argument("view", choices=sorted(VIEWS), help="what to show")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_show)

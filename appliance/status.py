@@ -1,0 +1,233 @@
+"""Reading the running state of a box for `show` (and later the supervisor).
+
+Always the daemons' own structured forms: vtysh `... json`, VICI `list_sas`, nft JSON, netlink;
+never screen-scraping where a JSON form exists. Each reader returns plain data, raises
+`StatusError` with a one-line reason when the daemon cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+VICI_SOCKET = "/var/run/charon.vici"
+VRRP_STATE_DIR = Path("/run/appliance/vrrp")
+
+
+class StatusError(Exception):
+    """A daemon or tool could not be asked; the message says which and why."""
+
+
+def vtysh_json(*commands: str) -> list[Any]:
+    """Run several `show ... json` commands in ONE vtysh call (vtysh start-up is the slow part)."""
+    argv = ["vtysh"]
+    for c in commands:
+        argv += ["-c", c]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except FileNotFoundError:
+        raise StatusError("vtysh not found (apt-get install --no-install-recommends frr)") from None
+    except subprocess.TimeoutExpired:
+        raise StatusError("vtysh did not answer within 60 s") from None
+    if proc.returncode != 0 and not proc.stdout.strip():
+        raise StatusError(f"vtysh: {(proc.stderr or proc.stdout).strip() or 'exit ' + str(proc.returncode)}")
+    docs = _split_json(proc.stdout)
+    if len(docs) != len(commands):
+        raise StatusError(f"vtysh: expected {len(commands)} JSON answers, got {len(docs)}: {proc.stdout.strip()[:200]}")
+    return docs
+
+
+def _split_json(text: str) -> list[Any]:
+    """vtysh prints one JSON document per -c, back to back."""
+    decoder = json.JSONDecoder()
+    docs, i = [], 0
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            return docs
+        try:
+            doc, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            # a non-JSON line (e.g. "% Unknown command"): keep it as text so the caller can report
+            end = text.find("\n", i)
+            end = len(text) if end < 0 else end
+            docs.append({"error": text[i:end].strip()})
+            i = end
+            continue
+        docs.append(doc)
+
+
+def _table(doc: Any) -> list[dict]:
+    if isinstance(doc, dict):
+        return list(doc.get("table", []))
+    return list(doc) if isinstance(doc, list) else []
+
+
+def dmvpn() -> dict[str, Any]:
+    """NHRP view: NHS registrations, cache (peers), shortcuts; duplicate NBMA addresses flagged."""
+    nhs, cache, shortcuts = vtysh_json("show ip nhrp nhs json", "show ip nhrp cache json", "show ip nhrp shortcut json")
+    peers = [e for e in _table(cache) if e.get("type") in ("dynamic", "nhs", "static", "cached")]
+    by_nbma = Counter(e.get("nbma") for e in peers if e.get("type") == "dynamic")
+    warnings = [
+        f"{count} spokes registered from NBMA {nbma}: spokes behind one PAT address cannot all work "
+        f"(Linux transport-mode IPsec selects SAs by address, not port)"
+        for nbma, count in sorted(by_nbma.items())
+        if nbma and count > 1
+    ]
+    return {"nhs": _table(nhs), "cache": _table(cache), "shortcuts": _table(shortcuts), "warnings": warnings}
+
+
+def _vici_session():
+    try:
+        import vici
+    except ImportError:
+        raise StatusError("python package 'vici' missing (pip install vici)") from None
+    import socket
+
+    path = os.environ.get("APPLIANCE_VICI_SOCKET", VICI_SOCKET)
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    try:
+        s.connect(path)
+    except OSError as e:
+        s.close()
+        raise StatusError(f"charon not reachable on {path}: {e.strerror}") from None
+    return vici.Session(s)
+
+
+def _text(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode(errors="replace")
+    if isinstance(v, list):
+        return [_text(x) for x in v]
+    if isinstance(v, dict):
+        return {str(_text(k)): _text(x) for k, x in v.items()}
+    return v
+
+
+def ipsec() -> dict[str, Any]:
+    """IKE and CHILD SAs from VICI list_sas: peers, NAT state, algorithms, byte counters."""
+    session = _vici_session()
+    sas = []
+    for entry in session.list_sas():
+        for name, sa in _text(entry).items():
+            children = []
+            for child in sa.get("child-sas", {}).values():
+                children.append(
+                    {
+                        "name": child.get("name"),
+                        "state": child.get("state"),
+                        "mode": child.get("mode"),
+                        "protocol": child.get("protocol"),
+                        "encap": child.get("encap") == "yes",
+                        "encryption": "-".join(x for x in (child.get("encr-alg"), child.get("encr-keysize")) if x),
+                        "spi_in": child.get("spi-in"),
+                        "spi_out": child.get("spi-out"),
+                        "bytes_in": int(child.get("bytes-in", 0)),
+                        "bytes_out": int(child.get("bytes-out", 0)),
+                        "packets_in": int(child.get("packets-in", 0)),
+                        "packets_out": int(child.get("packets-out", 0)),
+                        "local_ts": child.get("local-ts", []),
+                        "remote_ts": child.get("remote-ts", []),
+                    }
+                )
+            sas.append(
+                {
+                    "name": name,
+                    "uniqueid": sa.get("uniqueid"),
+                    "state": sa.get("state"),
+                    "version": int(sa.get("version", 0)),
+                    "local": f"{sa.get('local-host')}[{sa.get('local-port')}]",
+                    "remote": f"{sa.get('remote-host')}[{sa.get('remote-port')}]",
+                    "remote_id": sa.get("remote-id"),
+                    "nat_local": sa.get("nat-local") == "yes",
+                    "nat_remote": sa.get("nat-remote") == "yes",
+                    "encryption": "-".join(x for x in (sa.get("encr-alg"), sa.get("encr-keysize")) if x),
+                    "prf": sa.get("prf-alg"),
+                    "dh_group": sa.get("dh-group"),
+                    "established_s": int(sa.get("established", 0)),
+                    "children": children,
+                }
+            )
+    return {"sas": sas}
+
+
+def ospf() -> dict[str, Any]:
+    neighbours, routes = vtysh_json("show ip ospf neighbor json", "show ip route ospf json")
+    flat = []
+    for router_id, entries in (neighbours.get("neighbors", {}) or {}).items():
+        for e in entries:
+            flat.append(
+                {
+                    "router_id": router_id,
+                    "state": e.get("nbrState", e.get("state", "")),
+                    "address": e.get("ifaceAddress", e.get("address")),
+                    "interface": e.get("ifaceName", e.get("interfaceName")),
+                    "dead_timer_ms": e.get("deadTimeMsecs", e.get("routerDeadIntervalTimerDueMsec")),
+                }
+            )
+    return {"neighbours": flat, "routes": sorted(routes) if isinstance(routes, dict) else []}
+
+
+def bgp() -> dict[str, Any]:
+    (summary,) = vtysh_json("show bgp ipv4 unicast summary json")
+    peers = []
+    for addr, p in (summary.get("peers", {}) or {}).items():
+        peers.append(
+            {
+                "peer": addr,
+                "remote_as": p.get("remoteAs"),
+                "state": p.get("state"),
+                "prefixes_received": p.get("pfxRcd", 0),
+                "uptime": p.get("peerUptime"),
+                "dynamic": bool(p.get("dynamicPeer")),
+            }
+        )
+    return {"as": summary.get("as"), "router_id": summary.get("routerId"), "peers": peers}
+
+
+def vrrp() -> dict[str, Any]:
+    """VRRP instance states as last reported by keepalived's notify hook."""
+    groups = []
+    if VRRP_STATE_DIR.is_dir():
+        for f in sorted(VRRP_STATE_DIR.glob("*.json")):
+            try:
+                groups.append(json.loads(f.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+    return {"groups": groups}
+
+
+def firewall(table: str = "appliance") -> dict[str, Any]:
+    """Rules of table inet <table> with their comments and counters."""
+    try:
+        import nftables
+    except ImportError:
+        raise StatusError(
+            "python3-nftables missing (apt-get install python3-nftables; the venv needs --system-site-packages)"
+        ) from None
+    nft = nftables.Nftables()
+    nft.set_json_output(True)
+    rc, out, err = nft.cmd(f"list table inet {table}")
+    if rc != 0:
+        raise StatusError(f"nft: {err.strip()}")
+    rules = []
+    for item in json.loads(out).get("nftables", []):
+        rule = item.get("rule")
+        if not rule:
+            continue
+        counter = next((e["counter"] for e in rule.get("expr", []) if "counter" in e), None)
+        rules.append(
+            {
+                "chain": rule.get("chain"),
+                "comment": rule.get("comment", ""),
+                "packets": counter.get("packets") if counter else None,
+                "bytes": counter.get("bytes") if counter else None,
+            }
+        )
+    return {"table": f"inet {table}", "rules": rules}
