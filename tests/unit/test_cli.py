@@ -1,0 +1,82 @@
+"""The command line: exit codes, error output, --help everywhere, --version."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance import __version__
+from appliance.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {"DMVPN_PSK": "test-psk-not-secret-0123456789", "OSPF_KEY": "ospf-md5", "PATH": "/usr/bin:/bin"}
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "appliance.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ENV if env is None else env,
+        timeout=60,
+    )
+
+
+def test_validate_good_file_exits_0() -> None:
+    r = run("validate", "examples/spoke1.yaml")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "examples/spoke1.yaml: valid (spoke spoke1)\n"
+
+
+def test_validate_bad_file_exits_2_with_located_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "examples/spoke1.yaml").read_text().replace("172.16.0.11", "172.16.9.11"))
+    r = run("validate", str(bad))
+    assert r.returncode == 2
+    assert r.stdout == ""
+    first = r.stderr.splitlines()[0]
+    assert first == f"{bad}:16:14: dmvpn.tunnel.address: 172.16.9.11 is not inside the overlay 172.16.0.0/24"
+
+
+def test_validate_missing_file_is_one_line() -> None:
+    r = run("validate", "nope.yaml")
+    assert (r.returncode, r.stderr) == (2, "nope.yaml:0:0: (file): no such file\n")
+
+
+def test_validate_without_secrets_in_the_environment_fails_unless_asked(tmp_path: Path) -> None:
+    r = run("validate", "examples/hub.yaml", env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2
+    assert "ipsec.auth.psk.env: environment variable DMVPN_PSK is not set" in r.stderr
+    r = run("validate", "--no-secrets", "examples/hub.yaml", env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+
+
+def test_version() -> None:
+    r = run("--version")
+    assert r.stdout.strip() == f"appliance {__version__}"
+
+
+def subcommands() -> list[list[str]]:
+    parser = build_parser()
+    found = []
+
+    def walk(p, prefix):
+        for action in p._actions:
+            if action.__class__.__name__ == "_SubParsersAction":
+                for name, sub in action.choices.items():
+                    found.append([*prefix, name])
+                    walk(sub, [*prefix, name])
+
+    walk(parser, [])
+    return found
+
+
+@pytest.mark.parametrize("command", subcommands(), ids=" ".join)
+def test_every_command_has_help(command: list[str]) -> None:
+    r = run(*command, "--help")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: appliance " + " ".join(command))
