@@ -23,6 +23,9 @@ from .schema import SecretRef, Site
 NHRP_AUTH_MIN_FRR = (10, 1)
 TARGET_FRR = (8, 4)  # assumed when FRR is not installed where the site is validated
 MIN_PSK_LENGTH = 20
+# Where a box keeps {env: NAME} secrets (mode 0600), so that `appliance apply` typed in a shell
+# finds the same secrets as appliance.service; the process environment takes precedence.
+SECRETS_ENV = Path("/etc/appliance/secrets.env")
 OSPF_MD5_MAX = 16
 
 
@@ -56,6 +59,34 @@ def installed_frr_version() -> tuple[int, int] | None:
         return None
 
 
+def read_secrets_env(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines (systemd EnvironmentFile syntax, without expansion); refused if world-readable."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return {}
+    if st.st_mode & stat.S_IROTH:
+        raise SiteError([Problem(str(path), 0, 0, "(file)", "world-readable; chmod 600 it")])
+    values = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise SiteError([Problem(str(path), number, 1, "(file)", "expected KEY=VALUE")])
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def default_env() -> dict[str, str]:
+    secrets = Path(os.environ.get("APPLIANCE_SECRETS_ENV", SECRETS_ENV))
+    return {**read_secrets_env(secrets), **os.environ}
+
+
 def load_site(
     path: str | Path,
     env: Mapping[str, str] | None = None,
@@ -66,7 +97,7 @@ def load_site(
     doc = load_document(path)
     site = validate_model(doc, Site)
     checker = _Checker(
-        doc, site, os.environ if env is None else env, frr_version or installed_frr_version() or TARGET_FRR
+        doc, site, default_env() if env is None else env, frr_version or installed_frr_version() or TARGET_FRR
     )
     checker.run(resolve_secrets)
     if checker.errors:

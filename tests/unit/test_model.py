@@ -249,3 +249,27 @@ def test_eigrp_needs_experimental(tmp_path: Path) -> None:
 def test_mss_must_fit_the_tunnel_mtu(tmp_path: Path) -> None:
     p = write(tmp_path, SPOKE.replace("    key: 42\n", "    key: 42\n    mtu: 1400\n    tcp_mss: 1380\n"))
     assert errors_of(p) == ["18:14: dmvpn.tunnel.tcp_mss: MSS 1380 does not fit the tunnel MTU 1400 (at most 1360)"]
+
+
+def test_secrets_env_file_supplies_env_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("# box secrets\nDMVPN_PSK='from-the-secrets-file-0123456789'\n")
+    os.chmod(secrets, 0o600)
+    monkeypatch.setenv("APPLIANCE_SECRETS_ENV", str(secrets))
+    monkeypatch.delenv("DMVPN_PSK", raising=False)
+    site = load_site(write(tmp_path, SPOKE), frr_version=(8, 4)).site
+    assert site.ipsec.auth.psk.reveal() == "from-the-secrets-file-0123456789"
+    monkeypatch.setenv("DMVPN_PSK", "the-environment-wins-0123456789")
+    assert load_site(write(tmp_path, SPOKE), frr_version=(8, 4)).site.ipsec.auth.psk.reveal() == (
+        "the-environment-wins-0123456789"
+    )
+
+
+def test_world_readable_secrets_env_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("DMVPN_PSK=x\n")
+    os.chmod(secrets, 0o644)
+    monkeypatch.setenv("APPLIANCE_SECRETS_ENV", str(secrets))
+    with pytest.raises(SiteError) as exc:
+        load_site(write(tmp_path, SPOKE), frr_version=(8, 4))
+    assert str(exc.value) == f"{secrets}:0:0: (file): world-readable; chmod 600 it"
