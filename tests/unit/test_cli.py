@@ -12,7 +12,8 @@ from appliance import __version__
 from appliance.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {"DMVPN_PSK": "test-psk-not-secret-0123456789", "OSPF_KEY": "ospf-md5", "PATH": "/usr/bin:/bin"}
+NO_SECRETS = {"PATH": "/usr/bin:/bin", "APPLIANCE_SECRETS_ENV": "/nonexistent/secrets.env"}
+ENV = {**NO_SECRETS, "DMVPN_PSK": "test-psk-not-secret-0123456789", "OSPF_KEY": "ospf-md5"}
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -48,10 +49,10 @@ def test_validate_missing_file_is_one_line() -> None:
 
 
 def test_validate_without_secrets_in_the_environment_fails_unless_asked(tmp_path: Path) -> None:
-    r = run("validate", "examples/hub.yaml", env={"PATH": "/usr/bin:/bin"})
+    r = run("validate", "examples/hub.yaml", env=NO_SECRETS)
     assert r.returncode == 2
     assert "ipsec.auth.psk.env: environment variable DMVPN_PSK is not set" in r.stderr
-    r = run("validate", "--no-secrets", "examples/hub.yaml", env={"PATH": "/usr/bin:/bin"})
+    r = run("validate", "--no-secrets", "examples/hub.yaml", env=NO_SECRETS)
     assert r.returncode == 0, r.stderr
 
 
