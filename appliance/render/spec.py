@@ -101,6 +101,9 @@ class CredentialFile:
     kind: str  # "x509" | "x509ca" | "private"
     path: str  # where the PEM lives on the box (the driver reads it at apply time)
     key_type: str | None = None  # for private keys: "rsa" | "ecdsa" | "any"
+    # Where the site file names it (relative paths are relative to the site file); the driver
+    # installs it at `path` (0600 for "private") so that `swanctl --load-all` finds it after a reboot.
+    source: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,30 @@
+"""The one jinja2 environment of the renderers: templates ship in the package, StrictUndefined."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import jinja2
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+
+
+@cache
+def environment() -> jinja2.Environment:
+    # auto_reload off: once loaded, rendering never touches the filesystem again.
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        auto_reload=False,
+        autoescape=False,
+    )
+
+
+@cache
+def template(name: str) -> jinja2.Template:
+    """A template by the name of the file it produces, e.g. 'keepalived.conf.j2'."""
+    return environment().get_template(name)

@@ -1,0 +1,60 @@
+"""keepalived.conf: one VRRP instance per group, from templates/keepalived.conf.j2."""
+
+from __future__ import annotations
+
+from ..model.schema import Site, VrrpGroup
+from .jinja import template
+from .spec import RenderedFile, VrrpSpec
+
+KEEPALIVED_CONF_PATH = "/etc/keepalived/keepalived.conf"
+TUNNEL_SCRIPT = "chk_dmvpn_tunnel"
+# Commands the supervisor provides; keepalived runs them with a minimal environment.
+TUNNEL_CHECK_COMMAND = "/usr/bin/env appliance check-tunnel"
+# keepalived appends: "GROUP"|"INSTANCE" <name> <state> <priority>
+NOTIFY_COMMAND = "/usr/bin/env appliance vrrp-notify"
+
+
+def _advert_int(g: VrrpGroup) -> str:
+    # v3 takes hundredths of a second ('0.05'); v2 whole seconds.
+    return f"{g.advert_interval:.2f}".rstrip("0").rstrip(".") if g.version == 3 else str(int(g.advert_interval))
+
+
+def render_vrrp(site: Site) -> VrrpSpec:
+    groups = site.vrrp.groups
+    if not groups:
+        return VrrpSpec(config=None)
+    view = []
+    for g in groups:
+        lan = site.lan(g.interface)
+        view.append(
+            {
+                "name": g.name,
+                "interface": g.interface,
+                "vrid": g.vrid,
+                "version": g.version,
+                "priority": g.priority,
+                "advert_int": _advert_int(g),
+                "preempt": g.preempt,
+                "preempt_delay": g.preempt_delay,
+                "unicast_src_ip": str(lan.address.ip) if lan is not None else None,
+                "unicast_peers": [str(p) for p in g.unicast_peers],
+                "virtual_addresses": [str(v) for v in g.virtual_addresses],
+                "track_interfaces": list(g.track_interfaces),
+                "track_tunnel": g.track_tunnel,
+            }
+        )
+    config = template("keepalived.conf.j2").render(
+        router_id=site.system.hostname,
+        groups=view,
+        track_tunnel=any(g.track_tunnel for g in groups),
+        tunnel_script=TUNNEL_SCRIPT,
+        tunnel_check_command=TUNNEL_CHECK_COMMAND,
+        notify_command=NOTIFY_COMMAND,
+    )
+    return VrrpSpec(config=config)
+
+
+def render_vrrp_files(spec: VrrpSpec) -> tuple[RenderedFile, ...]:
+    if spec.config is None:
+        return ()
+    return (RenderedFile(KEEPALIVED_CONF_PATH, spec.config),)
