@@ -91,7 +91,7 @@ def _optional_registrars() -> list[Callable[[argparse._SubParsersAction], None]]
         try:
             mod = __import__(module, fromlist=[name])
         except ModuleNotFoundError as e:
-            if e.name != module:
+            if e.name is None or not module.startswith(e.name):
                 raise
             continue
         found.append(getattr(mod, name))
