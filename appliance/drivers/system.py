@@ -1,0 +1,241 @@
+"""Hostname, sysctls (live in /proc/sys and persistent in /etc/sysctl.d), daemons enabled at boot.
+
+Three drivers, because they run at three points of the order: `SystemDriver` first (hostname,
+global keys), `InterfaceSysctlDriver` after netlink (per-interface keys exist only once the
+interface does), `ServicesDriver` last (enable the daemons the site uses at boot).
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+from ..render.spec import DesiredState, RenderedFile
+from .base import (
+    CHANGE,
+    CREATE,
+    Change,
+    Context,
+    DriverError,
+    file_change,
+    file_restore,
+    file_snapshot,
+    find_file,
+    write_rendered,
+)
+
+HOSTNAME_PATH = "/etc/hostname"
+SYSCTL_PATH = "/etc/sysctl.d/90-appliance.conf"
+_IFACE_PREFIX = "net.ipv4.conf."
+_NOT_INTERFACES = ("all", "default")
+
+
+def is_interface_key(key: str) -> bool:
+    if not key.startswith(_IFACE_PREFIX):
+        return False
+    return key[len(_IFACE_PREFIX) :].split(".", 1)[0] not in _NOT_INTERFACES
+
+
+def proc_path(key: str) -> str:
+    """net.ipv4.conf.eth0/1.rp_filter -> /proc/sys/net/ipv4/conf/eth0.1/rp_filter."""
+    return "/proc/sys/" + "/".join(part.replace("/", ".") for part in key.split("."))
+
+
+def _sethostname(name: str) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    data = name.encode()
+    if libc.sethostname(data, len(data)) != 0:
+        raise DriverError("system", f"sethostname({name}) failed: {ctypes.get_errno()}")
+
+
+class _SysctlKeys:
+    """Reading and writing keys under /proc/sys (through ctx.root so tests can fake /proc/sys)."""
+
+    def __init__(self, ctx: Context, subsystem: str) -> None:
+        self.ctx, self.subsystem = ctx, subsystem
+
+    def read(self, key: str) -> str | None:
+        try:
+            return " ".join(self.ctx.path(proc_path(key)).read_text().split())
+        except FileNotFoundError:
+            return None
+
+    def write(self, key: str, value: str) -> None:
+        p = self.ctx.path(proc_path(key))
+        try:
+            p.write_text(value + "\n")
+        except OSError as e:
+            raise DriverError(self.subsystem, f"cannot set {key} = {value}", e.strerror or str(e)) from None
+
+    def changes(self, wanted: dict[str, str]) -> list[Change]:
+        out = []
+        for key, value in sorted(wanted.items()):
+            current = self.read(key)
+            if current == " ".join(value.split()):
+                continue
+            note = " (after the interface exists)" if current is None else f" (was {current})"
+            out.append(
+                Change(
+                    self.subsystem, CHANGE, "sysctl", key, f"set {key} = {value}{note}", payload=("sysctl", key, value)
+                )
+            )
+        return out
+
+
+class SystemDriver:
+    name = "system"
+
+    def __init__(self, ctx: Context, hostname_setter=_sethostname, hostname_getter=socket.gethostname) -> None:
+        self.ctx = ctx
+        self.keys = _SysctlKeys(ctx, self.name)
+        self._set_hostname, self._get_hostname = hostname_setter, hostname_getter
+
+    def claims(self, desired: DesiredState) -> set[str]:
+        return {HOSTNAME_PATH, SYSCTL_PATH}
+
+    def _files(self, desired: DesiredState) -> list[RenderedFile]:
+        sysctl = find_file(desired, SYSCTL_PATH) or RenderedFile(
+            SYSCTL_PATH, "".join(f"{'-' if is_interface_key(k) else ''}{k} = {v}\n" for k, v in desired.sysctl.items())
+        )
+        return [RenderedFile(HOSTNAME_PATH, desired.hostname + "\n"), sysctl]
+
+    def diff(self, desired: DesiredState) -> list[Change]:
+        changes = []
+        current = self._get_hostname()
+        if current != desired.hostname:
+            changes.append(
+                Change(
+                    self.name,
+                    CHANGE,
+                    "hostname",
+                    desired.hostname,
+                    f"set hostname {desired.hostname} (was {current})",
+                    payload=("hostname", desired.hostname),
+                )  # fmt: skip
+            )
+        for f in self._files(desired):
+            c = file_change(self.ctx, self.name, f)
+            if c:
+                changes.append(c)
+        changes += self.keys.changes({k: v for k, v in desired.sysctl.items() if not is_interface_key(k)})
+        return changes
+
+    def apply(self, changes: list[Change]) -> None:
+        for c in changes:
+            if c.kind == "file":
+                write_rendered(self.ctx, c.payload)
+            elif c.kind == "hostname":
+                self._set_hostname(c.payload[1])
+            elif c.kind == "sysctl":
+                self.keys.write(c.payload[1], c.payload[2])
+
+    def verify(self, desired: DesiredState) -> None:
+        left = [c.name for c in self.diff(desired)]
+        if left:
+            raise DriverError(self.name, "still differs after apply: " + ", ".join(left))
+
+    def snapshot(self) -> dict[str, Any]:
+        keys = {}
+        for p in self.ctx.path("/proc/sys").rglob("*") if False else ():  # never walk /proc/sys
+            keys[str(p)] = p
+        return {"hostname": self._get_hostname(), "files": file_snapshot(self.ctx, [HOSTNAME_PATH, SYSCTL_PATH])}
+
+    def snapshot_keys(self, keys: list[str]) -> dict[str, str | None]:
+        return {k: self.keys.read(k) for k in keys}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        file_restore(self.ctx, snapshot["files"])
+        for key, value in snapshot.get("sysctl", {}).items():
+            if value is not None and self.keys.read(key) != value:
+                self.keys.write(key, value)
+        if self._get_hostname() != snapshot["hostname"]:
+            self._set_hostname(snapshot["hostname"])
+
+
+class InterfaceSysctlDriver:
+    """Per-interface keys (net.ipv4.conf.<ifname>.*), applied once netlink created the interfaces."""
+
+    name = "sysctl"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.keys = _SysctlKeys(ctx, self.name)
+        self._last: dict[str, str] = {}
+
+    def claims(self, desired: DesiredState) -> set[str]:
+        return set()
+
+    def _wanted(self, desired: DesiredState) -> dict[str, str]:
+        return {k: v for k, v in desired.sysctl.items() if is_interface_key(k)}
+
+    def diff(self, desired: DesiredState) -> list[Change]:
+        self._last = self._wanted(desired)
+        return self.keys.changes(self._last)
+
+    def apply(self, changes: list[Change]) -> None:
+        for c in changes:
+            self.keys.write(c.payload[1], c.payload[2])
+
+    def verify(self, desired: DesiredState) -> None:
+        left = [c.name for c in self.diff(desired)]
+        if left:
+            raise DriverError(self.name, "still differs after apply: " + ", ".join(left))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"sysctl": {k: self.keys.read(k) for k in self._last}}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        for key, value in snapshot["sysctl"].items():
+            if value is not None and self.keys.read(key) not in (None, value):
+                self.keys.write(key, value)
+
+
+class ServicesDriver:
+    """The daemons a site uses start at boot too (systemd enable); on a lab node this is a no-op."""
+
+    name = "services"
+
+    def __init__(self, ctx: Context, manager: Any) -> None:
+        self.ctx, self.manager = ctx, manager
+
+    def claims(self, desired: DesiredState) -> set[str]:
+        return set()
+
+    @staticmethod
+    def wanted(desired: DesiredState) -> list[str]:
+        units = ["frr", "strongswan"]
+        if desired.vrrp.config is not None:
+            units.append("keepalived")
+        return units
+
+    def diff(self, desired: DesiredState) -> list[Change]:
+        return [
+            Change(self.name, CREATE, "unit", u, f"enable {u} at boot", payload=u)
+            for u in self.wanted(desired)
+            if not self.manager.is_enabled(u)
+        ]
+
+    def apply(self, changes: list[Change]) -> None:
+        for c in changes:
+            try:
+                self.manager.enable(c.payload)
+            except Exception as e:
+                raise DriverError(self.name, f"cannot enable {c.payload}", str(e)) from None
+
+    def verify(self, desired: DesiredState) -> None:
+        down = [u for u in self.wanted(desired) if not self.manager.is_active(u)]
+        if down:
+            raise DriverError(self.name, "not running after apply: " + ", ".join(down))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Enabling a unit at boot is left in place: harmless, and the previous state may want it."""
+
+
+def hostname_file(root: Path) -> Path:
+    return root / HOSTNAME_PATH.lstrip("/")
