@@ -111,16 +111,23 @@ class Context:
 
 
 class Driver(Protocol):
+    """One subsystem. Constructed as `Driver(ctx)`; the engine calls, in this order:
+    diff (observe + compare, read-only), snapshot (before anything changes), apply, verify;
+    restore(snapshot) when this or a later step failed."""
+
     name: str
 
     def claims(self, desired: DesiredState) -> set[str]:
-        """Paths of DesiredState.files this driver writes itself (the files driver skips them)."""
+        """Paths of DesiredState.files this driver writes (each file has exactly one owner)."""
         ...
 
     def diff(self, desired: DesiredState) -> list[Change]: ...
     def apply(self, changes: list[Change]) -> None: ...
     def verify(self, desired: DesiredState) -> None: ...
-    def snapshot(self) -> dict[str, Any]: ...
+    def snapshot(self, desired: DesiredState) -> dict[str, Any]:
+        """JSON-able record of what apply(desired) may touch, enough for restore()."""
+        ...
+
     def restore(self, snapshot: dict[str, Any]) -> None: ...
 
 

@@ -137,14 +137,13 @@ class SystemDriver:
         if left:
             raise DriverError(self.name, "still differs after apply: " + ", ".join(left))
 
-    def snapshot(self) -> dict[str, Any]:
-        keys = {}
-        for p in self.ctx.path("/proc/sys").rglob("*") if False else ():  # never walk /proc/sys
-            keys[str(p)] = p
-        return {"hostname": self._get_hostname(), "files": file_snapshot(self.ctx, [HOSTNAME_PATH, SYSCTL_PATH])}
-
-    def snapshot_keys(self, keys: list[str]) -> dict[str, str | None]:
-        return {k: self.keys.read(k) for k in keys}
+    def snapshot(self, desired: DesiredState) -> dict[str, Any]:
+        keys = [k for k in desired.sysctl if not is_interface_key(k)]
+        return {
+            "hostname": self._get_hostname(),
+            "files": file_snapshot(self.ctx, [HOSTNAME_PATH, SYSCTL_PATH]),
+            "sysctl": {k: self.keys.read(k) for k in keys},
+        }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         file_restore(self.ctx, snapshot["files"])
@@ -163,7 +162,6 @@ class InterfaceSysctlDriver:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.keys = _SysctlKeys(ctx, self.name)
-        self._last: dict[str, str] = {}
 
     def claims(self, desired: DesiredState) -> set[str]:
         return set()
@@ -172,8 +170,7 @@ class InterfaceSysctlDriver:
         return {k: v for k, v in desired.sysctl.items() if is_interface_key(k)}
 
     def diff(self, desired: DesiredState) -> list[Change]:
-        self._last = self._wanted(desired)
-        return self.keys.changes(self._last)
+        return self.keys.changes(self._wanted(desired))
 
     def apply(self, changes: list[Change]) -> None:
         for c in changes:
@@ -184,8 +181,8 @@ class InterfaceSysctlDriver:
         if left:
             raise DriverError(self.name, "still differs after apply: " + ", ".join(left))
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"sysctl": {k: self.keys.read(k) for k in self._last}}
+    def snapshot(self, desired: DesiredState) -> dict[str, Any]:
+        return {"sysctl": {k: self.keys.read(k) for k in self._wanted(desired)}}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         for key, value in snapshot["sysctl"].items():
@@ -198,8 +195,8 @@ class ServicesDriver:
 
     name = "services"
 
-    def __init__(self, ctx: Context, manager: Any) -> None:
-        self.ctx, self.manager = ctx, manager
+    def __init__(self, ctx: Context) -> None:
+        self.ctx, self.manager = ctx, ctx.services
 
     def claims(self, desired: DesiredState) -> set[str]:
         return set()
@@ -230,7 +227,7 @@ class ServicesDriver:
         if down:
             raise DriverError(self.name, "not running after apply: " + ", ".join(down))
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, desired: DesiredState) -> dict[str, Any]:
         return {}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
