@@ -1,0 +1,162 @@
+"""Preflight: is this box able to run the site? (`appliance check`, first step of plan and apply)
+
+Each problem is one line saying what is missing and the command that installs it. Nothing here
+changes the system: kernel modules are looked up (loaded, built in, or present on disk), not loaded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .render.spec import DesiredState
+
+APT = "apt-get install --no-install-recommends"
+MIN_FRR = (8, 4)
+MIN_STRONGSWAN = (5, 9)
+# module -> its Kconfig symbol (a built-in module has no file and often no /sys/module entry)
+KERNEL_MODULES = {
+    "ip_gre": "CONFIG_NET_IPGRE",
+    "esp4": "CONFIG_INET_ESP",
+    "xfrm_user": "CONFIG_XFRM_USER",
+    "nf_tables": "CONFIG_NF_TABLES",
+    "nfnetlink_log": "CONFIG_NETFILTER_NETLINK_LOG",
+}
+# Plugins that bring AES-GCM and the ECP groups (libstrongswan-standard-plugins; measured: without
+# them charon offers neither and every IKE exchange fails without a clear error).
+STRONGSWAN_PLUGINS = ("libstrongswan-openssl.so", "libstrongswan-gcm.so")
+STRONGSWAN_PLUGIN_DIR = Path("/usr/lib/ipsec/plugins")
+
+
+@dataclass(frozen=True)
+class Problem:
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.what} ({self.fix})"
+
+
+def package_version(package: str) -> tuple[int, ...] | None:
+    try:
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Status} ${Version}", package],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if "install ok installed" not in out:
+        return None
+    version = out.split()[-1].split(":")[-1]
+    return tuple(int(x) for x in re.findall(r"\d+", version)[:3])
+
+
+def kernel_config(kernel: str) -> dict[str, str]:
+    """The running kernel's Kconfig (/proc/config.gz or /boot/config-VERSION), {} when neither exists."""
+    try:
+        text = gzip.decompress(Path("/proc/config.gz").read_bytes()).decode()
+    except OSError:
+        try:
+            text = Path(f"/boot/config-{kernel}").read_text()
+        except OSError:
+            return {}
+    return dict(line.split("=", 1) for line in text.splitlines() if line.startswith("CONFIG_") and "=" in line)
+
+
+def module_available(name: str, kernel: str | None = None, modules_root: Path = Path("/lib/modules")) -> bool:
+    """Loaded, built in, or installed as a loadable module for the running kernel."""
+    if Path(f"/sys/module/{name}").exists():
+        return True
+    kernel = kernel or os.uname().release
+    if kernel_config(kernel).get(KERNEL_MODULES.get(name, "")) == "y":
+        return True
+    for index in ("modules.builtin", "modules.dep"):
+        try:
+            lines = (modules_root / kernel / index).read_text().splitlines()
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            module = line.split(":", 1)[0].rsplit("/", 1)[-1].split(".ko", 1)[0]
+            if module.replace("-", "_") == name:
+                return True
+    return False
+
+
+def check(
+    desired: DesiredState,
+    *,
+    version: Callable[[str], tuple[int, ...] | None] = package_version,
+    which: Callable[[str], str | None] = shutil.which,
+    has_module: Callable[[str], bool] = module_available,
+    has_python_module: Callable[[str], bool] = lambda m: importlib.util.find_spec(m) is not None,
+    plugin_dir: Path = STRONGSWAN_PLUGIN_DIR,
+    charon_algorithms: Callable[[], list[str] | None] | None = None,
+) -> list[Problem]:
+    """Every reason this box cannot apply `desired`; empty when it can."""
+    problems: list[Problem] = []
+
+    def need_package(pkg: str, what: str, minimum: tuple[int, ...] | None = None) -> bool:
+        v = version(pkg)
+        if v is None:
+            problems.append(Problem(f"{what} is not installed", f"{APT} {pkg}"))
+            return False
+        if minimum is not None and v[: len(minimum)] < minimum:
+            have, want = ".".join(map(str, v)), ".".join(map(str, minimum))
+            problems.append(
+                Problem(f"{pkg} {have} is too old (need >= {want})", f"{APT} {pkg} from Debian 12 or later")
+            )
+            return False
+        return True
+
+    if need_package("frr", "FRR", MIN_FRR):
+        for daemon in sorted(desired.frr.daemons):
+            if not Path(f"/usr/lib/frr/{daemon}").exists():
+                problems.append(Problem(f"FRR has no {daemon}", f"{APT} --reinstall frr"))
+    need_package("frr-pythontools", "frr-reload.py (FRR's reload tool)")
+    need_package("strongswan-swanctl", "swanctl (strongSwan's VICI client)", MIN_STRONGSWAN)
+    need_package("strongswan-charon", "charon (strongSwan's IKE daemon)", MIN_STRONGSWAN)
+    missing_plugins = [p for p in STRONGSWAN_PLUGINS if not (plugin_dir / p).exists()]
+    if missing_plugins:
+        problems.append(
+            Problem(
+                f"strongSwan lacks {', '.join(missing_plugins)}: no AES-GCM or ECP, IKE would fail",
+                f"{APT} libstrongswan-standard-plugins",
+            )
+        )
+    if desired.vrrp.config is not None:
+        need_package("keepalived", "keepalived (VRRP)")
+    if which("nft") is None:
+        problems.append(Problem("nft is not installed", f"{APT} nftables"))
+    if not has_python_module("nftables"):
+        problems.append(
+            Problem(
+                "python-nftables is not importable",
+                f"{APT} python3-nftables; a virtualenv needs --system-site-packages",
+            )
+        )
+    for mod in ("pyroute2", "vici"):
+        if not has_python_module(mod):
+            problems.append(Problem(f"python package {mod} is missing", f"pip install {mod}"))
+    for mod in KERNEL_MODULES:
+        if not has_module(mod):
+            problems.append(Problem(f"kernel module {mod} is not available", f"{APT} linux-image-amd64 and reboot"))
+    if charon_algorithms is not None and not missing_plugins:
+        missing = charon_algorithms()
+        if missing:
+            problems.append(
+                Problem(
+                    f"charon does not offer {', '.join(missing)} (asked by ipsec proposals)",
+                    f"{APT} libstrongswan-standard-plugins and restart strongswan",
+                )
+            )
+    return problems
