@@ -238,9 +238,10 @@ class _Checker:
                 )
         if auth.x509 is not None:
             x = auth.x509
-            for name in ("ca", "cert"):
-                self.readable_file(getattr(x, name), ("ipsec", "auth", "x509", name))
-            self.readable_file(x.key, ("ipsec", "auth", "x509", "key"), private=True)
+            for name in ("ca", "cert", "key"):
+                self.readable_file(getattr(x, name), ("ipsec", "auth", "x509", name), private=name == "key")
+                # Relative to the site file; absolute from here on, so apply works from any directory.
+                object.__setattr__(x, name, self.resolve_path(getattr(x, name)))
 
     def resolve_path(self, p: Path) -> Path:
         return p if p.is_absolute() else self.base / p
