@@ -49,4 +49,5 @@ def render_site(site: Site) -> DesiredState:
         vrrp=vrrp,
         files=tuple(sorted(files, key=lambda f: f.path)),
         secrets=site_secrets(site),
+        role=site.role,
     )

@@ -145,3 +145,4 @@ class DesiredState:
     vrrp: VrrpSpec
     files: tuple[RenderedFile, ...]  # every artefact as it lives on a box (render --root-dir)
     secrets: frozenset[str] = field(default=frozenset(), repr=False)  # values to redact anywhere
+    role: str = "spoke"  # "hub" | "spoke": what health means for this box (supervisor, show health)
