@@ -86,6 +86,7 @@ def _optional_registrars() -> list[Callable[[argparse._SubParsersAction], None]]
     for module, name in (
         ("appliance.engine_cli", "add_engine_commands"),
         ("appliance.show", "add_show"),
+        ("appliance.ha_cli", "add_ha_commands"),
         ("appliance.lab.cli", "add_lab_parser"),
     ):
         try:

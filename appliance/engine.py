@@ -153,11 +153,13 @@ def run_apply(
     log: Callable[[str], None] = lambda m: None,
     before_step: Callable[[str], None] | None = None,
     keep_snapshots: Callable[[Snapshots], None] | None = None,
+    record: bool = True,
 ) -> Result:
     """Apply `desired` all or nothing and record a generation. The caller holds the state lock.
 
     `before_step(subsystem)` is a test hook (kill points); `keep_snapshots` receives the snapshots
-    of a successful apply (commit-confirm keeps them to undo a first apply)."""
+    of a successful apply (commit-confirm keeps them to undo a first apply). `record=False`
+    (drift repair) converges to `desired` without recording a new generation."""
     check_file_owners(drivers, desired)
     redactor = Redactor(desired.secrets)
     journal = {
@@ -195,7 +197,7 @@ def run_apply(
         state.clear_journal()
         raise ApplyError(step, cause, [redactor.text(x) for x in errors]) from e
     generation = None
-    if not applied.empty or state.current() is None:
+    if record and (not applied.empty or state.current() is None):
         generation = state.record(desired, ledger.data, site_text, meta).number
     state.clear_journal()
     if keep_snapshots is not None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import status
+
+HEALTH_FRESH_S = 30  # the supervisor writes every few seconds; older means it is not running
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -128,7 +131,45 @@ def format_firewall(d: dict) -> str:
     )
 
 
+def read_health() -> dict:
+    """The supervisor's last round when fresh, else one read now."""
+    from . import health
+    from .generations import StateDir
+    from .supervisor import HEALTH_PATH
+
+    try:
+        last = json.loads(HEALTH_PATH.read_text())
+        if time.time() - last.get("time", 0) < HEALTH_FRESH_S:
+            return last
+    except (OSError, json.JSONDecodeError):
+        pass
+    gen = StateDir().current()
+    if gen is None:
+        raise status.StatusError("no configuration applied yet (appliance apply)")
+    desired = gen.desired()
+    return health.collect(desired.role, desired.netlink.tunnel.name)
+
+
+def format_health(d: dict) -> str:
+    lines = [f"{'healthy' if d['healthy'] else 'NOT HEALTHY'} ({d['role']}, tunnel {d['tunnel']['name']})"]
+    lines += [f"  problem: {p}" for p in d["problems"]]
+    frr, ipsec = d["frr"], d["ipsec"]
+    if "error" not in frr:
+        lines.append(
+            f"  NHS registered {frr['nhs_registered']}, NHRP peers {frr['nhrp_peers']}, "
+            f"OSPF full {frr['ospf_full']}/{frr['ospf_neighbours']}"
+        )
+    if "error" not in ipsec:
+        lines.append(
+            f"  IKE SAs {ipsec['ike_sas']}, CHILD SAs {ipsec['child_sas']}: {', '.join(ipsec['peers']) or '-'}"
+        )
+    if d.get("repairs_total"):
+        lines.append("  drift repairs: " + ", ".join(f"{k} {v}" for k, v in sorted(d["repairs_total"].items())))
+    return "\n".join(lines)
+
+
 VIEWS: dict[str, tuple[Callable[[], dict], Callable[[dict], str]]] = {
+    "health": (read_health, format_health),
     "dmvpn": (status.dmvpn, format_dmvpn),
     "ipsec": (status.ipsec, format_ipsec),
     "ospf": (status.ospf, format_ospf),

@@ -1,0 +1,110 @@
+"""`appliance supervise`, and the hooks keepalived runs: `check-tunnel` and `vrrp-notify`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import syslog
+import threading
+import time
+from pathlib import Path
+
+from . import health, services, status
+from .drivers.base import Context
+from .engine import build_drivers
+from .files import atomic_write
+from .generations import STATE_DIR, StateDir
+from .supervisor import METRICS_PORT, Supervisor, serve_metrics
+
+
+def log(message: str) -> None:
+    syslog.syslog(syslog.LOG_NOTICE, message)
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_supervise(args: argparse.Namespace) -> int:
+    state = StateDir(args.state_dir)
+    manager = services.for_environment()
+
+    def make_drivers(ledger):
+        return build_drivers(Context(ledger=ledger, services=manager, log=log))
+
+    def read_health(desired):
+        return health.collect(desired.role, desired.netlink.tunnel.name)
+
+    supervisor = Supervisor(state, make_drivers, read_health, log)
+    server = serve_metrics(supervisor, args.listen, args.port)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log(f"supervising every {args.interval:g}s; metrics on http://{args.listen}:{args.port}/metrics")
+    if args.once:
+        supervisor.tick()
+        print(json.dumps(supervisor.last, indent=2, sort_keys=True))
+    else:
+        supervisor.run(args.interval, stop)
+    server.shutdown()
+    return 0
+
+
+def cmd_check_tunnel(args: argparse.Namespace) -> int:
+    """Exit 0 while the tunnel carries traffic: link up, and on a spoke an IPsec SA to a hub.
+
+    Fast on purpose (netlink and VICI, no vtysh): keepalived runs it every two seconds."""
+    gen = StateDir(args.state_dir).current()
+    if gen is None:
+        print("no configuration applied", file=sys.stderr)
+        return 1
+    desired = gen.desired()
+    link = health.tunnel_link(desired.netlink.tunnel.name)
+    if not link["up"]:
+        print(f"tunnel {desired.netlink.tunnel.name} is down", file=sys.stderr)
+        return 1
+    try:
+        sas = status.ipsec()["sas"]
+    except status.StatusError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    if desired.role == "spoke" and not any(
+        sa["state"] == "ESTABLISHED" and any(c.get("state") == "INSTALLED" for c in sa["children"]) for sa in sas
+    ):
+        print("no IPsec SA to a hub", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_vrrp_notify(args: argparse.Namespace) -> int:
+    """keepalived notify: record the state for `show vrrp` and the supervisor, and log it."""
+    record = {
+        "name": args.name,
+        "kind": args.kind,
+        "state": args.state,
+        "priority": args.priority,
+        "since": time.time(),
+    }
+    atomic_write(status.VRRP_STATE_DIR / f"{args.name}.json", json.dumps(record) + "\n", mode=0o644)
+    log(f"vrrp {args.kind.lower()} {args.name}: {args.state} (priority {args.priority})")
+    return 0
+
+
+def add_ha_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("supervise", help="watch health, export metrics, repair drift from the applied generation")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between rounds (default 5)")
+    p.add_argument("--listen", default="127.0.0.1", help="metrics address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=METRICS_PORT, help=f"metrics port (default {METRICS_PORT})")
+    p.add_argument("--once", action="store_true", help="one round, print the health, exit")
+    p.add_argument("--state-dir", type=Path, default=STATE_DIR, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_supervise)
+
+    p = sub.add_parser("check-tunnel", help="exit 0 while the tunnel carries traffic (keepalived track script)")
+    p.add_argument("--state-dir", type=Path, default=STATE_DIR, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_check_tunnel)
+
+    p = sub.add_parser("vrrp-notify", help="keepalived notify hook: record and log a VRRP state change")
+    p.add_argument("kind", help="GROUP or INSTANCE")
+    p.add_argument("name", help="instance name")
+    p.add_argument("state", help="MASTER, BACKUP, FAULT or STOP")
+    p.add_argument("priority", type=int, nargs="?", default=0, help="priority")
+    p.set_defaults(func=cmd_vrrp_notify)

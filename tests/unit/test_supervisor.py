@@ -1,0 +1,124 @@
+"""Supervisor rounds: drift found and repaired by subsystem, never during an apply; health verdicts."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from pathlib import Path
+
+from fakes import FakeDriver, desired_of
+
+from appliance import health
+from appliance.drivers.base import Ledger
+from appliance.generations import StateDir
+from appliance.supervisor import Supervisor, sd_notify, serve_metrics
+
+
+def healthy_snapshot(desired) -> dict:
+    return health.collect(
+        desired.role,
+        desired.netlink.tunnel.name,
+        link=lambda name: {"exists": True, "up": True},
+        frr=lambda role: {"nhs": [], "nhs_registered": 1, "nhrp_peers": 0, "ospf_neighbours": 1, "ospf_full": 1},
+        ipsec=lambda: {"ike_sas": 1, "child_sas": 1, "peers": ["192.0.2.2"]},
+        vrrp=lambda: {"groups": [{"name": "lan", "state": "MASTER"}]},
+    )
+
+
+def setup(tmp_path: Path, example: str = "examples/spoke1.yaml"):
+    desired, calls = desired_of(example), []
+    drivers = [FakeDriver(n, calls) for n in ("netlink", "firewall", "ipsec")]
+    drivers[0]._claims = {f.path for f in desired.files}
+    for d in drivers:
+        d.running = "new"  # as applied
+    state = StateDir(tmp_path / "state")
+    state.record(desired, {}, "site: 1\n", {"what": "apply"})
+    logged: list[str] = []
+    sup = Supervisor(state, lambda ledger: drivers, healthy_snapshot, logged.append, tmp_path / "run" / "health.json")
+    return sup, drivers, calls, logged, state
+
+
+def test_a_round_without_drift_touches_nothing_and_publishes_health(tmp_path: Path) -> None:
+    sup, drivers, calls, logged, _ = setup(tmp_path)
+    snap = sup.tick()
+    assert snap["repaired"] == [] and snap["healthy"] is True
+    assert {kind for kind, _ in calls} == {"diff"}
+    assert json.loads((tmp_path / "run" / "health.json").read_text())["healthy"] is True
+    assert logged == []
+
+
+def test_drift_in_one_subsystem_is_repaired_there_only(tmp_path: Path) -> None:
+    sup, drivers, calls, logged, state = setup(tmp_path)
+    drivers[1].running = "flushed"  # someone ran `nft flush table inet appliance`
+    snap = sup.tick()
+    assert snap["repaired"] == ["firewall"]
+    assert ("apply", "firewall") in calls
+    assert ("apply", "netlink") not in calls and ("apply", "ipsec") not in calls
+    assert drivers[1].running == "new"
+    assert "drift in firewall: set firewall to new" in logged
+    assert sup.repairs == {"firewall": 1}
+    assert [g.number for g in state.generations()] == [1]  # a repair is no new generation
+
+
+def test_no_repair_while_an_apply_holds_the_lock(tmp_path: Path) -> None:
+    sup, drivers, calls, logged, state = setup(tmp_path)
+    drivers[0].running = "deleted"
+    with StateDir(state.root).locked("apply"):
+        snap = sup.tick()
+    assert snap["note"] == "an apply is running: drift repair skipped"
+    assert drivers[0].running == "deleted"
+    assert sup.tick()["repaired"] == ["netlink"]
+
+
+def test_spoke_without_registration_or_sa_is_unhealthy() -> None:
+    desired = desired_of("examples/spoke1.yaml")
+    h = health.collect(
+        desired.role,
+        "dmvpn0",
+        link=lambda name: {"exists": False, "up": False},
+        frr=lambda role: {"nhs": [], "nhs_registered": 0, "nhrp_peers": 0, "ospf_neighbours": 0, "ospf_full": 0},
+        ipsec=lambda: {"error": "charon not reachable on /var/run/charon.vici: No such file or directory"},
+        vrrp=lambda: {"groups": []},
+    )
+    assert h["problems"] == [
+        "tunnel dmvpn0 does not exist",
+        "not registered with any NHS",
+        "IPsec: charon not reachable on /var/run/charon.vici: No such file or directory",
+    ]
+    assert h["healthy"] is False
+
+
+def test_metrics_endpoint_serves_prometheus_text_on_loopback(tmp_path: Path) -> None:
+    sup, *_ = setup(tmp_path)
+    sup.tick()
+    sup.repairs["netlink"] = 2
+    server = serve_metrics(sup, "127.0.0.1", 0)
+    try:
+        port = server.server_address[1]
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        server.shutdown()
+    assert "appliance_healthy 1\n" in body
+    assert 'appliance_tunnel_up{tunnel="dmvpn0"} 1\n' in body
+    assert 'appliance_vrrp_master{group="lan"} 1\n' in body
+    assert 'appliance_drift_repairs_total{subsystem="netlink"} 2\n' in body
+
+
+def test_sd_notify_speaks_to_systemds_socket(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        assert sd_notify("WATCHDOG=1")
+        assert s.recv(64) == b"WATCHDOG=1"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert sd_notify("READY=1") is False
+
+
+def test_ledger_is_what_drivers_get(tmp_path: Path) -> None:
+    seen = []
+    sup, drivers, *_ = setup(tmp_path)
+    sup.make_drivers = lambda ledger: seen.append(ledger) or drivers
+    sup.tick()
+    assert isinstance(seen[0], Ledger)
