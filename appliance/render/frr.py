@@ -1,15 +1,17 @@
 """frr.conf for zebra, staticd, nhrpd, ospfd, bgpd (and eigrpd), in FRR 8.4's canonical form.
 
 The text is what `show running-config` prints after loading it, minus the lines frr-reload.py
-ignores or we must not own ('frr version', 'hostname'), so that a second apply sees an empty delta.
+ignores ('frr version', 'end'), so that a second apply sees an empty delta.
 Measured on FRR 8.4.4 (Debian 12); the live test in tests/unit/test_render_frr_live.py checks it:
 - blocks: global lines, '!', static routes, '!', interfaces (by name), router eigrp, bgp, ospf;
 - lines inside an interface block are sorted (vtysh merges the daemons' lines sorted);
 - lines equal to a default are omitted by FRR, so we omit them too: 'ip nhrp holdtime 7200',
   'ip ospf hello-interval 10', 'ip ospf priority 1', and 'ip ospf network broadcast' (an mGRE
   link is neither point-to-point nor loopback, so broadcast is ospfd's default for it);
-- no 'hostname': frr-reload keeps 'no hostname X' in its delta forever when the file lacks it,
-  and the system hostname is not FRR's to set;
+- 'hostname <system.hostname>': FRR 8.4 prints the hostname its daemons read from the kernel when
+  they started, and a 'hostname' command changes only vtysh's prompt, never that line; without
+  it in the file frr-reload's delta keeps 'no hostname X' forever. The system driver sets the
+  kernel hostname before FRR starts; FRR must be restarted when the hostname changes;
 - 'no ipv6 forwarding' is printed from the kernel state; sysctl.py pins IPv6 forwarding off.
 """
 
@@ -74,7 +76,8 @@ def render_daemons_file(daemons: frozenset[str]) -> str:
 
 
 def render_frr_conf(site: Site) -> str:
-    out = ["frr defaults traditional", "log syslog informational", "no ipv6 forwarding"]
+    out = ["frr defaults traditional", f"hostname {site.system.hostname}", "log syslog informational"]
+    out.append("no ipv6 forwarding")
     nhrp = site.dmvpn.nhrp
     if site.role == "hub" and nhrp.phase == 3:
         out.append(f"nhrp nflog-group {NFLOG_REDIRECT_GROUP}")
