@@ -14,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from .nft import NftablesMissing, load_nftables
+
 VICI_SOCKET = "/var/run/charon.vici"
 VRRP_STATE_DIR = Path("/run/appliance/vrrp")
 
@@ -206,13 +208,9 @@ def vrrp() -> dict[str, Any]:
 def firewall(table: str = "appliance") -> dict[str, Any]:
     """Rules of table inet <table> with their comments and counters."""
     try:
-        import nftables
-    except ImportError:
-        raise StatusError(
-            "python3-nftables missing (apt-get install python3-nftables; the venv needs --system-site-packages)"
-        ) from None
-    nft = nftables.Nftables()
-    nft.set_json_output(True)
+        nft = load_nftables()
+    except NftablesMissing as e:
+        raise StatusError(str(e)) from None
     rc, out, err = nft.cmd(f"list table inet {table}")
     if rc != 0:
         raise StatusError(f"nft: {err.strip()}")
