@@ -368,6 +368,9 @@ class _Checker:
             for j, name in enumerate(g.track_interfaces):
                 if name not in {i.name for i in self.site.interfaces.lan} | {self.site.interfaces.public.name}:
                     self.error((*p, "track_interfaces", j), f"{name} is not an interface of this site")
+                elif name == g.interface:
+                    # keepalived -t rejects it; the group already fails over when its own link goes down
+                    self.error((*p, "track_interfaces", j), f"{name} is the group's own interface (tracked already)")
 
     # --- firewall -----------------------------------------------------------------------------
 

@@ -273,3 +273,13 @@ def test_world_readable_secrets_env_is_refused(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(SiteError) as exc:
         load_site(write(tmp_path, SPOKE), frr_version=(8, 4))
     assert str(exc.value) == f"{secrets}:0:0: (file): world-readable; chmod 600 it"
+
+
+def test_vrrp_tracking_its_own_interface_is_refused(tmp_path: Path) -> None:
+    group = (
+        "    - {name: lan, interface: eth1, vrid: 7, virtual_addresses: [10.0.1.254/24], track_interfaces: [eth1]}\n"
+    )
+    p = write(tmp_path, SPOKE + "vrrp:\n  groups:\n" + group)
+    assert errors_of(p) == [
+        "25:100: vrrp.groups[0].track_interfaces[0]: eth1 is the group's own interface (tracked already)"
+    ]
