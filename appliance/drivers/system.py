@@ -7,11 +7,11 @@ interface does), `ServicesDriver` last (enable the daemons the site uses at boot
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from ..render.spec import DesiredState, RenderedFile
+from ..render.sysctl import SYSCTL_PATH
 from .base import (
     CHANGE,
     CREATE,
@@ -26,29 +26,24 @@ from .base import (
 )
 
 HOSTNAME_PATH = "/etc/hostname"
-SYSCTL_PATH = "/etc/sysctl.d/90-appliance.conf"
-_IFACE_PREFIX = "net.ipv4.conf."
+# The running hostname (of this UTS namespace): what sethostname(2) sets, read and written through
+# ctx.root so that an apply into a root directory never renames the machine it runs on.
+KERNEL_HOSTNAME = "/proc/sys/kernel/hostname"
+_IFACE_PREFIXES = ("net.ipv4.conf.", "net.ipv6.conf.")
 _NOT_INTERFACES = ("all", "default")
 
 
 def is_interface_key(key: str) -> bool:
-    if not key.startswith(_IFACE_PREFIX):
-        return False
-    return key[len(_IFACE_PREFIX) :].split(".", 1)[0] not in _NOT_INTERFACES
+    """net.ipv4.conf.<ifname>.* (not all/default): it exists only once the interface does."""
+    for prefix in _IFACE_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix) :].split(".", 1)[0] not in _NOT_INTERFACES
+    return False
 
 
 def proc_path(key: str) -> str:
     """net.ipv4.conf.eth0/1.rp_filter -> /proc/sys/net/ipv4/conf/eth0.1/rp_filter."""
     return "/proc/sys/" + "/".join(part.replace("/", ".") for part in key.split("."))
-
-
-def _sethostname(name: str) -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    data = name.encode()
-    if libc.sethostname(data, len(data)) != 0:
-        raise DriverError("system", f"sethostname({name}) failed: {ctypes.get_errno()}")
 
 
 class _SysctlKeys:
@@ -58,10 +53,13 @@ class _SysctlKeys:
         self.ctx, self.subsystem = ctx, subsystem
 
     def read(self, key: str) -> str | None:
+        """The key's value, whitespace normalised; None when it does not exist (yet)."""
         try:
             return " ".join(self.ctx.path(proc_path(key)).read_text().split())
         except FileNotFoundError:
             return None
+        except OSError as e:
+            raise DriverError(self.subsystem, f"cannot read {key}", e.strerror or str(e)) from None
 
     def write(self, key: str, value: str) -> None:
         p = self.ctx.path(proc_path(key))
@@ -88,19 +86,33 @@ class _SysctlKeys:
 class SystemDriver:
     name = "system"
 
-    def __init__(self, ctx: Context, hostname_setter=_sethostname, hostname_getter=socket.gethostname) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        hostname_setter: Callable[[str], None] | None = None,
+        hostname_getter: Callable[[], str] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.keys = _SysctlKeys(ctx, self.name)
-        self._set_hostname, self._get_hostname = hostname_setter, hostname_getter
+        self._set_hostname = hostname_setter or self._write_kernel_hostname
+        self._get_hostname = hostname_getter or self._read_kernel_hostname
+
+    def _read_kernel_hostname(self) -> str:
+        return self.ctx.path(KERNEL_HOSTNAME).read_text().strip()
+
+    def _write_kernel_hostname(self, name: str) -> None:
+        try:
+            self.ctx.path(KERNEL_HOSTNAME).write_text(name)
+        except OSError as e:
+            raise DriverError(self.name, f"cannot set the hostname to {name}", e.strerror or str(e)) from None
 
     def claims(self, desired: DesiredState) -> set[str]:
         return {HOSTNAME_PATH, SYSCTL_PATH}
 
     def _files(self, desired: DesiredState) -> list[RenderedFile]:
-        sysctl = find_file(desired, SYSCTL_PATH) or RenderedFile(
-            SYSCTL_PATH, "".join(f"{'-' if is_interface_key(k) else ''}{k} = {v}\n" for k, v in desired.sysctl.items())
-        )
-        return [RenderedFile(HOSTNAME_PATH, desired.hostname + "\n"), sysctl]
+        # /etc/sysctl.d/90-appliance.conf is rendered (render/sysctl.py): written only when the state has it.
+        sysctl = find_file(desired, SYSCTL_PATH)
+        return [RenderedFile(HOSTNAME_PATH, desired.hostname + "\n"), *([sysctl] if sysctl else [])]
 
     def diff(self, desired: DesiredState) -> list[Change]:
         changes = []
@@ -131,6 +143,8 @@ class SystemDriver:
                 self._set_hostname(c.payload[1])
             elif c.kind == "sysctl":
                 self.keys.write(c.payload[1], c.payload[2])
+            else:
+                raise DriverError(self.name, f"unknown change kind {c.kind}")
 
     def verify(self, desired: DesiredState) -> None:
         left = [c.name for c in self.diff(desired)]
@@ -232,7 +246,3 @@ class ServicesDriver:
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Enabling a unit at boot is left in place: harmless, and the previous state may want it."""
-
-
-def hostname_file(root: Path) -> Path:
-    return root / HOSTNAME_PATH.lstrip("/")
