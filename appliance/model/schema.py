@@ -6,17 +6,34 @@ reported at once with their marks. Field names are the YAML keys (snake_case).
 
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, SecretStr, model_validator
 
 InterfaceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,15}$")]
-Hostname = Annotated[
-    str,
-    Field(max_length=253, pattern=r"^[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9\-]{1,63})*$"),
-]
+HOSTNAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9\-]{1,63})*$"
+Hostname = Annotated[str, Field(max_length=253, pattern=HOSTNAME_PATTERN)]
+
+
+def _address_or_hostname(value: object) -> IPv4Address | str:
+    """An IPv4Address when it is one (renderers test for it), else a DNS name; one clear error otherwise."""
+    if isinstance(value, IPv4Address):
+        return value
+    text = str(value)
+    try:
+        return IPv4Address(text)
+    except ValueError:
+        pass
+    # '192.0.2.300' matches the hostname pattern but is a mistyped address, not a name.
+    if len(text) > 253 or not re.match(HOSTNAME_PATTERN, text) or all(p.isdigit() for p in text.split(".")):
+        raise ValueError(f"{text!r} is neither an IPv4 address nor a hostname")
+    return text
+
+
+AddressOrHostname = Annotated[IPv4Address | str, PlainValidator(_address_or_hostname)]
 
 
 class Strict(BaseModel):
@@ -88,7 +105,7 @@ class NextHopServer(Strict):
     """A hub as seen from a spoke: its overlay (tunnel) address and its NBMA address or name."""
 
     address: IPv4Address
-    nbma: IPv4Address | Hostname
+    nbma: AddressOrHostname
 
 
 class Nhrp(Strict):

@@ -33,3 +33,19 @@ def example_id(path: Path) -> str:
 
 def load_example(path: Path, env: dict[str, str] | None = None) -> LoadedSite:
     return load_site(path, env=FAKE_SECRETS if env is None else env, frr_version=FRR_VERSION)
+
+
+def example_text(name: str, *edits: tuple[str, str]) -> str:
+    """An example's YAML with some lines replaced; each old text must be there (no silent no-op)."""
+    text = (EXAMPLES_DIR / f"{name}.yaml").read_text()
+    for old, new in edits:
+        assert old in text, f"{old!r} is not in examples/{name}.yaml"
+        text = text.replace(old, new, 1)
+    return text
+
+
+def load_text(text: str, directory: Path, env: dict[str, str] | None = None) -> LoadedSite:
+    """Load a site given as YAML text (written to directory/site.yaml) with the fake secrets."""
+    path = directory / "site.yaml"
+    path.write_text(text)
+    return load_example(path, env)

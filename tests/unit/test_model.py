@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,13 @@ def test_vrrp_tracking_its_own_interface_is_refused(tmp_path: Path) -> None:
     assert errors_of(p) == [
         "25:100: vrrp.groups[0].track_interfaces[0]: eth1 is the group's own interface (tracked already)"
     ]
+
+
+def test_nhs_nbma_is_an_address_or_a_hostname(tmp_path: Path) -> None:
+    site = load_site(write(tmp_path, SPOKE), env=ENV, frr_version=(8, 4)).site
+    assert site.dmvpn.nhrp.nhs[0].nbma == IPv4Address("192.0.2.2")  # an address, not a str that looks like one
+    named = load_site(write(tmp_path, SPOKE.replace("192.0.2.2}", "hub.example.net}")), env=ENV, frr_version=(8, 4))
+    assert named.site.dmvpn.nhrp.nhs[0].nbma == "hub.example.net"
+    for bad in ("192.0.2.300", "hub_1"):
+        p = write(tmp_path, SPOKE.replace("192.0.2.2}", f"{bad}}}"))
+        assert errors_of(p) == [f"19:37: dmvpn.nhrp.nhs[0].nbma: '{bad}' is neither an IPv4 address nor a hostname"]
