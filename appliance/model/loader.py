@@ -9,9 +9,9 @@ and a caret under the column.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
@@ -181,16 +181,61 @@ def validate_model(doc: Document, model: type[M]) -> M:
     try:
         return model.model_validate(doc.data)
     except ValidationError as e:
-        raise SiteError(problems_from_validation(doc, e)) from None
+        raise SiteError(problems_from_validation(doc, e, model)) from None
 
 
-def problems_from_validation(doc: Document, error: ValidationError) -> list[Problem]:
+INLINE_SECRET = "a secret is never written into the site file; give {env: NAME} or {file: PATH}"
+
+
+def problems_from_validation(
+    doc: Document, error: ValidationError, model: type[BaseModel] | None = None
+) -> list[Problem]:
     problems = []
     for err in error.errors(include_url=False):
         loc = [p for p in err["loc"] if not _is_union_tag(p)]
         msg = _friendly_message(err)
-        problems.append(doc.problem(loc, msg, at_key=err["type"] == "extra_forbidden"))
+        problem = doc.problem(loc, msg, at_key=err["type"] == "extra_forbidden")
+        if model is not None and _inside_secret(model, loc):
+            # Whatever sits there may be the secret itself (written inline, or in the wrong key):
+            # neither the message nor the echoed source line may show it.
+            inline = err["type"] in ("model_type", "dict_type", "model_attributes_type")
+            problem = replace(problem, message=INLINE_SECRET if inline else _without_input(msg, err), source_line=None)
+        problems.append(problem)
     return problems
+
+
+def _inside_secret(model: type[BaseModel], loc: Sequence[PathPart]) -> bool:
+    """Whether loc runs through a field whose type is marked `holds_secret` (SecretRef)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue  # a list index: the item type was taken with the list's field
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return False
+        current = _model_in(fields[part].annotation)
+        if current is None:
+            return False
+        if getattr(current, "holds_secret", False):
+            return True
+    return False
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _without_input(msg: str, err: dict) -> str:
+    value = err.get("input")
+    if isinstance(value, str) and value:
+        msg = msg.replace(repr(value), "<redacted>").replace(value, "<redacted>")
+    return msg
 
 
 def _is_union_tag(part: Any) -> bool:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, SecretStr, model_validator
 
 InterfaceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,15}$")]
 HOSTNAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9\-]{1,63})*$"
@@ -44,10 +44,12 @@ class SecretRef(Strict):
     """Where a secret comes from: a file (relative paths are relative to the site file) or an
     environment variable. Never inline: site files get copied, mailed and committed."""
 
+    holds_secret: ClassVar[bool] = True  # the loader never echoes input found under a SecretRef
+
     file: Path | None = None
     env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
-    # Filled by the loader after validation; never part of any output.
-    value: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    # Filled by the loader after validation; private, so a site file can never set it inline.
+    _value: SecretStr | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
@@ -56,9 +58,13 @@ class SecretRef(Strict):
         return self
 
     def reveal(self) -> str:
-        if self.value is None:
+        if self._value is None:
             raise RuntimeError("secret not resolved (load the site with load_site)")
-        return self.value.get_secret_value()
+        return self._value.get_secret_value()
+
+    def resolve(self, value: str) -> None:
+        """The loader's hook: the model is frozen for everyone else."""
+        self._value = SecretStr(value)
 
     def describe(self) -> str:
         return f"file {self.file}" if self.file is not None else f"environment variable {self.env}"

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from pydantic import SecretStr
-
 from .loader import Document, Problem, SiteError, load_document, validate_model
 from .schema import SecretRef, Site
 
@@ -283,8 +281,7 @@ class _Checker:
         if not value:
             self.error(path, f"the secret from {ref.describe()} is empty")
             return None
-        # The model is frozen for users; the loader alone fills in the resolved value.
-        object.__setattr__(ref, "value", SecretStr(value))
+        ref.resolve(value)
         return value
 
     # --- routing ------------------------------------------------------------------------------

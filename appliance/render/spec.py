@@ -16,7 +16,7 @@ class RenderedFile:
     """A file as it lives on a real box. `secret` files are written 0600 and never printed."""
 
     path: str  # absolute path on the box, e.g. /etc/frr/frr.conf
-    content: str
+    content: str = field(repr=False)  # may hold secrets: never in a repr (tracebacks, logs)
     mode: int = 0o644
     owner: str = "root"
     group: str = "root"
@@ -119,7 +119,7 @@ class IpsecSpec:
 
 @dataclass(frozen=True)
 class FrrSpec:
-    config: str  # frr.conf in FRR's canonical 'show running-config' form
+    config: str = field(repr=False)  # frr.conf in FRR's canonical 'show running-config' form (holds keys)
     daemons: frozenset[str]  # e.g. {"zebra", "staticd", "nhrpd", "ospfd"}
 
 
