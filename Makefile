@@ -5,9 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+# image, iso, image-deps: the appliance image (images/build.py; README "Images").
+.PHONY: image iso image-deps
 .PHONY: setup deps venv test test-unit test-lab demo lint format bench clean
 
-setup: deps venv
+setup: deps image-deps venv
 
 deps:
 	bash scripts/install-deps.sh product lab dev
@@ -38,6 +40,19 @@ lint: venv
 
 format: venv
 	$(VENV)/bin/ruff format appliance tests bench
+
+# Build-host packages of the image, the boot test, packer and vagrant validate (images/setup-build-host.sh).
+image-deps:
+	bash images/setup-build-host.sh
+
+# Disk image (raw, qcow2) and live/installer ISO under build/images/; skipped when their inputs did not
+# change. KERNEL=generic for bare metal (default: the cloud kernel, for VMs).
+KERNEL ?= cloud
+image: image-deps
+	/usr/bin/python3 images/build.py --kernel $(KERNEL) image
+
+iso: image-deps
+	/usr/bin/python3 images/build.py --kernel $(KERNEL) iso
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

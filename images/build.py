@@ -79,7 +79,7 @@ STAGE_TOOLS = {
 }
 STAGE_FILES = {  # files (besides the tools) a stage needs on the build host
     "image": ["/usr/lib/syslinux/mbr/mbr.bin"],
-    "iso": ["/usr/lib/grub/i386-pc/eltorito.img", "/usr/lib/grub/x86_64-efi/moddep.lst"],
+    "iso": ["/usr/lib/grub/i386-pc/boot_hybrid.img", "/usr/lib/grub/x86_64-efi/moddep.lst"],
 }
 
 _started = time.monotonic()
@@ -112,7 +112,7 @@ def check_tools(stage: str) -> None:
 
 
 def _package_of(path: str) -> str:
-    return {"mbr.bin": "syslinux-common", "eltorito.img": "grub-pc-bin", "moddep.lst": "grub-efi-amd64-bin"}[
+    return {"mbr.bin": "syslinux-common", "boot_hybrid.img": "grub-pc-bin", "moddep.lst": "grub-efi-amd64-bin"}[
         Path(path).name
     ]
 
@@ -191,8 +191,9 @@ class Build:
         return digest("wheels-1", tree_digest(REPO, source_files()))[:16]
 
     def image_key(self) -> str:
-        scripts = files_under(IMAGES / "rootfs", IMAGES / "scripts") + unit_files() + [Path(__file__)]
-        return digest("image-1", self.base_key(), self.wheels_key(), tree_digest(REPO, scripts))[:16]
+        image_files = tree_digest(IMAGES, files_under(IMAGES / "rootfs", IMAGES / "scripts"))
+        units = tree_digest(REPO, unit_files() + [Path(__file__).resolve()])
+        return digest("image-1", self.base_key(), self.wheels_key(), image_files, units)[:16]
 
     def iso_key(self) -> str:
         return digest("iso-1", self.image_key())[:16]
@@ -313,7 +314,7 @@ class Build:
             f"chroot {r} /bin/sh /tmp/appliance-build/scripts/configure-system.sh /tmp/appliance-build/rootfs"
         )
         # A clean environment: the build host's PIP_*, proxies and locale must not leak into the image.
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
         run(["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-ec", script], env=env)
         shutil.rmtree(stage)
         info = {"image_key": key, "base_key": self.base_key(), "wheels_key": self.wheels_key(), "kernel": self.kernel}

@@ -2,7 +2,7 @@
 # Makes a config drive for the appliance image: a vfat image (OUT.img) or an ISO 9660 image (OUT.iso)
 # labelled APPLIANCE, read at boot by appliance-config-drive.service.
 #   usage: images/make-config-drive.sh [--network FILE]... [--file FILE]... SITE [SECRETS|-] [AUTHORIZED_KEYS|-] OUT
-#     SITE             the site file (site.yaml on the drive)
+#     SITE             the site file (site.yaml on the drive); - for none (only keys, network)
 #     SECRETS          an env file with the {env: NAME} secrets (secrets.env, 0600 on the box)
 #     AUTHORIZED_KEYS  root's SSH public keys (the image has no password: this is how you log in)
 #     --network FILE   a systemd-networkd file for an interface the site does not own (management)
@@ -28,7 +28,8 @@ case $# in
   *) echo "usage: make-config-drive.sh [--network FILE]... [--file FILE]... SITE [SECRETS|-] [AUTHORIZED_KEYS|-] OUT" >&2
      exit 2 ;;
 esac
-for f in "$site" "${network[@]}" "${extra[@]}"; do [ -f "$f" ] || die "$f: no such file"; done
+for f in "${network[@]}" "${extra[@]}"; do [ -f "$f" ] || die "$f: no such file"; done
+[ "$site" = - ] || [ -f "$site" ] || die "$site: no such file"
 [ "$secrets" = - ] || [ -f "$secrets" ] || die "$secrets: no such file"
 [ "$keys" = - ] || [ -f "$keys" ] || die "$keys: no such file"
 if [ "$keys" != - ] && ! grep -Eq '^(ssh-|ecdsa-|sk-)' "$keys"; then die "$keys: no SSH public key in it"; fi
@@ -36,7 +37,7 @@ if [ "$keys" != - ] && ! grep -Eq '^(ssh-|ecdsa-|sk-)' "$keys"; then die "$keys:
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 umask 077
-cp "$site" "$stage/site.yaml"
+[ "$site" = - ] || cp "$site" "$stage/site.yaml"
 [ "$secrets" = - ] || cp "$secrets" "$stage/secrets.env"
 [ "$keys" = - ] || cp "$keys" "$stage/authorized_keys"
 for f in "${extra[@]}"; do cp "$f" "$stage/"; done
