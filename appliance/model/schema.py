@@ -138,6 +138,9 @@ class Tunnel(Strict):
 
 
 class Dmvpn(Strict):
+    """The one GRE tunnel of the box. It carries no other, unencrypted GRE tunnel: GRE is protected
+    by a transport-mode IPsec trap for every peer, and the firewall accepts GRE only out of IPsec."""
+
     role: Literal["hub", "spoke"]
     tunnel: Tunnel
     nhrp: Nhrp = Nhrp()

@@ -294,3 +294,97 @@ def test_nhs_nbma_is_an_address_or_a_hostname(tmp_path: Path) -> None:
     for bad in ("192.0.2.300", "hub_1"):
         p = write(tmp_path, SPOKE.replace("192.0.2.2}", f"{bad}}}"))
         assert errors_of(p) == [f"19:37: dmvpn.nhrp.nhs[0].nbma: '{bad}' is neither an IPv4 address nor a hostname"]
+
+
+SEMANTIC_CASES = {
+    "dhcp_and_address": (
+        [("    gateway: 198.51.100.1\n", "    dhcp: true\n")],
+        ["6:14: interfaces.public.address: give either 'address' or 'dhcp: true', not both"],
+    ),
+    "nhs_outside_overlay_and_listed_twice": (
+        [
+            (
+                "      - {address: 172.16.0.1, nbma: 192.0.2.2}\n",
+                "      - {address: 172.16.1.1, nbma: 192.0.2.2}\n      - {address: 172.16.1.1, nbma: 192.0.2.3}\n",
+            )
+        ],
+        [
+            "19:19: dmvpn.nhrp.nhs[0].address: 172.16.1.1 is not inside the overlay 172.16.0.0/24",
+            "20:19: dmvpn.nhrp.nhs[1].address: 172.16.1.1 is not inside the overlay 172.16.0.0/24",
+            "20:19: dmvpn.nhrp.nhs[1].address: NHS 172.16.1.1 is listed twice",
+        ],
+    ),
+    "lan_overlaps_overlay": (
+        [("10.0.1.1/24", "172.16.0.200/24")],
+        ["10:16: interfaces.lan[0].address: 172.16.0.0/24 overlaps the overlay 172.16.0.0/24"],
+    ),
+    "tunnel_sourced_elsewhere": (
+        [("    key: 42\n", "    key: 42\n    source: eth1\n")],
+        ["17:13: dmvpn.tunnel.source: the tunnel must be sourced from the public interface (eth0)"],
+    ),
+    "bgp_spoke_summary_and_short_holdtime": (
+        [
+            (
+                "ipsec:\n",
+                "routing:\n  bgp: {asn: 65000, router_id: 10.0.1.1, summary_only: [10.0.0.0/8], keepalive: 10, "
+                "holdtime: 20}\nipsec:\n",
+            )
+        ],
+        [
+            "21:42: routing.bgp.summary_only: only a hub advertises summaries",
+            "21:95: routing.bgp.holdtime: must be at least three keepalives",
+        ],
+    ),
+    "ospf_passive_and_static_route_on_unknown_interfaces": (
+        [
+            (
+                "ipsec:\n",
+                "routing:\n  ospf: {router_id: 10.0.1.1, passive: [eth9]}\n  static:\n"
+                "    - {prefix: 10.9.0.0/16, interface: eth9}\nipsec:\n",
+            )
+        ],
+        [
+            "21:41: routing.ospf.passive[0]: eth9 is not a LAN interface",
+            "23:40: routing.static[0].interface: eth9 is not an interface of this site",
+        ],
+    ),
+    "firewall_port_rules": (
+        [
+            (
+                "ipsec:\n",
+                "firewall:\n  public:\n    allow: [{protocol: udp, port: 500}]\n  tunnel:\n"
+                "    rules: [{action: accept, protocol: icmp, port: 22}]\nipsec:\n",
+            )
+        ],
+        [
+            "24:52: firewall.tunnel.rules[0].port: a port needs protocol tcp or udp",
+            "22:35: firewall.public.allow[0].port: IKE ports are always open",
+        ],
+    ),
+    "vrrp_interval_own_address_peer_and_interface": (
+        [
+            (
+                "ipsec:\n",
+                "vrrp:\n  groups:\n    - {name: a, interface: eth1, vrid: 1, advert_interval: 0.055, "
+                "virtual_addresses: [10.0.1.1/24], unicast_peers: [10.9.0.2]}\n"
+                "    - {name: b, interface: eth7, vrid: 2, virtual_addresses: [10.0.1.9/24]}\nipsec:\n",
+            )
+        ],
+        [
+            "22:60: vrrp.groups[0].advert_interval: VRRPv3 intervals are in hundredths of a second",
+            "22:87: vrrp.groups[0].virtual_addresses[0]: 10.0.1.1 is eth1's own address",
+            "22:117: vrrp.groups[0].unicast_peers[0]: 10.9.0.2 is not in 10.0.1.0/24",
+            "23:28: vrrp.groups[1].interface: eth7 is not a LAN interface",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SEMANTIC_CASES))
+def test_semantic_errors_have_exact_messages_and_positions(tmp_path: Path, case: str) -> None:
+    edits, expected = SEMANTIC_CASES[case]
+    text = SPOKE
+    for old, new in edits:
+        assert old in text
+        text = text.replace(old, new)
+    assert errors_of(write(tmp_path, text)) == expected
