@@ -39,17 +39,19 @@ class ServiceManager(Protocol):
     def cancel(self, name: str) -> None: ...
 
 
-def _run(argv: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: Sequence[str], timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False, env=env)
     except FileNotFoundError:
         raise ServiceError(f"{argv[0]} not found") from None
     except subprocess.TimeoutExpired:
         raise ServiceError(f"{' '.join(argv)} did not finish within {timeout:.0f} s") from None
 
 
-def _check(argv: Sequence[str], timeout: float = 120) -> str:
-    proc = _run(argv, timeout)
+def _check(argv: Sequence[str], timeout: float = 120, env: dict[str, str] | None = None) -> str:
+    proc = _run(argv, timeout, env)
     if proc.returncode != 0:
         out = (proc.stderr.strip() + "\n" + proc.stdout.strip()).strip()
         raise ServiceError(f"{' '.join(argv)} failed (exit {proc.returncode}): {out}")
@@ -126,6 +128,9 @@ class SystemdServiceManager:
 FRRINIT = "/usr/lib/frr/frrinit.sh"
 CHARON = "/usr/lib/ipsec/charon"
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
+# watchfrr starts the daemons itself ("restart all") and kills that job after 20 s by default;
+# under TCG, with several nodes starting at once, it takes longer (measured: killed, FRR never up).
+LAB_WATCHFRR_OPTIONS = "--restart-timeout 240"
 
 
 class LabServiceManager:
@@ -133,7 +138,7 @@ class LabServiceManager:
 
     kind = "lab"
 
-    def __init__(self, run_dir: str | Path = "/run", wait_s: float = 60.0) -> None:
+    def __init__(self, run_dir: str | Path = "/run", wait_s: float = 240.0) -> None:
         self.run = Path(run_dir)
         self.wait_s = wait_s  # TCG is slow: charon needs seconds to open its socket
 
@@ -161,7 +166,7 @@ class LabServiceManager:
         if self.is_active(name):
             return
         if name == "frr":
-            _check([FRRINIT, "start"])
+            self._frrinit("start")
             self._wait(lambda: self.is_active("frr") and (self.run / "frr" / "zserv.api").exists(), "FRR")
         elif name == "strongswan":
             self._start_charon()
@@ -185,6 +190,11 @@ class LabServiceManager:
         else:
             self._known(name)
 
+    def _frrinit(self, action: str) -> None:
+        env = dict(os.environ)
+        env.setdefault("watchfrr_options", LAB_WATCHFRR_OPTIONS)  # /etc/frr/daemons may still set its own
+        _check([FRRINIT, action], timeout=self.wait_s, env=env)
+
     def _start_charon(self) -> None:
         vici = self.run / "charon.vici"
         vici.unlink(missing_ok=True)
@@ -207,7 +217,7 @@ class LabServiceManager:
     def stop(self, name: str) -> None:
         if name == "frr":
             if self.is_active("frr") or any((self.run / "frr").glob("*.pid")):
-                _check([FRRINIT, "stop"])
+                self._frrinit("stop")
             return
         pid = self.main_pid(name)
         if pid is None:
@@ -223,7 +233,7 @@ class LabServiceManager:
 
     def restart(self, name: str) -> None:
         if name == "frr":
-            _check([FRRINIT, "restart"])
+            self._frrinit("restart")
             self._wait(lambda: self.is_active("frr") and (self.run / "frr" / "zserv.api").exists(), "FRR")
             return
         self.stop(name)
@@ -231,7 +241,7 @@ class LabServiceManager:
 
     def reload(self, name: str) -> None:
         if name == "frr":
-            _check([FRRINIT, "reload"])
+            self._frrinit("reload")
         elif name == "strongswan":
             _check(["swanctl", "--load-all", "--noprompt"])
         elif name == "keepalived":
