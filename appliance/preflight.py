@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .nft import MISSING_NFTABLES
 from .render.spec import DesiredState
 
 APT = "apt-get install --no-install-recommends"
@@ -138,12 +139,7 @@ def check(
     if which("nft") is None:
         problems.append(Problem("nft is not installed", f"{APT} nftables"))
     if not has_python_module("nftables"):
-        problems.append(
-            Problem(
-                "python-nftables is not importable",
-                f"{APT} python3-nftables; a virtualenv needs --system-site-packages",
-            )
-        )
+        problems.append(Problem("python-nftables is not importable", MISSING_NFTABLES.split("(", 1)[1].rstrip(")")))
     for mod in ("pyroute2", "vici"):
         if not has_python_module(mod):
             problems.append(Problem(f"python package {mod} is missing", f"pip install {mod}"))

@@ -14,6 +14,7 @@ import socket
 from ipaddress import IPv4Network, collapse_addresses
 from typing import Any
 
+from ..nft import NftablesMissing, load_nftables
 from ..render.firewall import FAMILY, NFTABLES_JSON_PATH
 from ..render.spec import DesiredState
 from .base import (
@@ -30,7 +31,6 @@ from .base import (
 )
 
 SUBSYSTEM = "firewall"
-MISSING_NFTABLES = "python3-nftables missing (apt-get install python3-nftables; the venv needs --system-site-packages)"
 DEFAULT_LIMIT_BURST = 5  # what the kernel uses (and nft prints) when a limit names no burst
 _PRINTED_ONLY = frozenset({"handle", "family", "table"})  # nft prints these on every object
 
@@ -38,10 +38,9 @@ _PRINTED_ONLY = frozenset({"handle", "family", "table"})  # nft prints these on 
 def nftables_session() -> Any:
     """A python-nftables handle, or a DriverError with one line saying how to install it."""
     try:
-        import nftables
-    except ImportError:
-        raise DriverError(SUBSYSTEM, MISSING_NFTABLES) from None
-    return nftables.Nftables()
+        return load_nftables()
+    except NftablesMissing as e:
+        raise DriverError(SUBSYSTEM, str(e)) from None
 
 
 # --- canonical form (pure) ----------------------------------------------------------------------
@@ -210,7 +209,6 @@ class FirewallDriver:
     # --- the kernel's table ----------------------------------------------------------------------
 
     def _cmd(self, command: str) -> tuple[int, str, str]:
-        self.nft.set_json_output(True)
         return self.nft.cmd(command)
 
     def running_objects(self, table: str) -> list[dict[str, Any]] | None:

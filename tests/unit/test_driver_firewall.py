@@ -12,7 +12,6 @@ from netns import in_fresh_netns
 
 from appliance.drivers.base import CHANGE, CREATE, Context, DriverError, Ledger
 from appliance.drivers.firewall import (
-    MISSING_NFTABLES,
     FirewallDriver,
     batch_objects,
     canonical_table,
@@ -20,6 +19,7 @@ from appliance.drivers.firewall import (
 )
 from appliance.model.schema import Firewall, Vrrp, VrrpGroup
 from appliance.model.validate import load_site
+from appliance.nft import MISSING_NFTABLES
 from appliance.render import render_site
 from appliance.render.firewall import NFTABLES_JSON_PATH
 from appliance.render.spec import FirewallSpec
