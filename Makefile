@@ -34,6 +34,10 @@ test-lab: setup
 demo: setup
 	bash scripts/demo.sh
 
+# Lab timings against the targets (boot to first node command, 5 nodes applied); see bench/lab_boot.py.
+bench: setup
+	$(PY) bench/lab_boot.py
+
 lint: venv
 	$(VENV)/bin/ruff check appliance tests bench
 	$(VENV)/bin/ruff format --check appliance tests bench

@@ -198,11 +198,19 @@ class LabServiceManager:
     def _start_charon(self) -> None:
         vici = self.run / "charon.vici"
         vici.unlink(missing_ok=True)
-        with open(self.run / "charon.stdout", "ab") as out:
+        log = self.run / "charon.stdout"
+        with open(log, "ab") as out:
             # setsid: a `timeout` or a dying shell must not take charon with it (lab pitfall 6)
-            subprocess.Popen([CHARON], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True)  # fmt: skip
-        self._wait(lambda: vici.exists(), "charon (its VICI socket)")
+            charon = subprocess.Popen([CHARON], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      start_new_session=True)  # fmt: skip
+
+        def ready() -> bool:
+            if charon.poll() is not None:  # say so at once rather than wait for a socket that never comes
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                raise ServiceError(f"charon exited with {charon.returncode}: {tail[0]}")
+            return vici.exists()
+
+        self._wait(ready, "charon (its VICI socket)")
         # as strongswan.service's ExecStartPost: a restarted charon has the saved config again
         _check(["swanctl", "--load-all", "--noprompt"])
 

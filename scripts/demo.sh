@@ -1,19 +1,42 @@
 #!/bin/bash
-# The main job of `make demo`. Until the lab can build routers, it validates and renders every
-# example and shows the result; the lab demo replaces this once `appliance lab` exists.
-set -euo pipefail
+# `make demo`: a DMVPN in the lab VM. Brings up examples/lab.yaml (an internet router, a hub, two
+# spokes with a LAN host each, a third spoke behind NAT; every router runs `appliance apply`),
+# shows `appliance show dmvpn` on a spoke, pings from spoke1's LAN host to spoke2's, and always
+# takes the lab down again (trap). What does not work yet is said plainly, never faked: the demo
+# then exits 3.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-APPLIANCE=.venv/bin/appliance
-# Demo secrets only; a real box keeps them in /etc/appliance/secrets.env (0600).
-export DMVPN_PSK=${DMVPN_PSK:-demo-psk-change-me-0123456789} OSPF_KEY=${OSPF_KEY:-demo-md5}
-out=$(mktemp -d)
-for site in examples/*.yaml examples/bgp/*.yaml; do
-  case $site in examples/lab*.yaml) continue ;; esac
-  $APPLIANCE validate "$site"
-  $APPLIANCE render "$site" --root-dir "$out/$(basename "${site%.yaml}")" >/dev/null
-done
-echo "== rendered artefacts under $out"
-find "$out" -type f | sort
-echo "== hub: /etc/frr/frr.conf (secrets redacted)"
-sed -e "s/$OSPF_KEY/<redacted>/g" "$out/hub/etc/frr/frr.conf"
-echo "NOT YET: the lab demo (routers built in a VM, pings across the DMVPN) lands with the lab issue."
+APPLIANCE=$PWD/.venv/bin/appliance
+NAME=dmvpn
+trap '"$APPLIANCE" lab down --name "$NAME" >/dev/null 2>&1 || true' EXIT
+missing=()
+
+"$APPLIANCE" lab up examples/lab.yaml
+rc=$?
+case $rc in
+  0) ;;
+  4) missing+=("NHRP registration (lab up: not converged)") ;;
+  *) echo "demo: appliance lab up failed (exit $rc)"; exit "$rc" ;;
+esac
+
+echo; echo "== spoke1: appliance show dmvpn"
+if ! "$APPLIANCE" lab exec spoke1 -- "$APPLIANCE" show dmvpn; then
+  echo "NOT YET: 'appliance show dmvpn' does not work on spoke1"
+  missing+=("appliance show dmvpn")
+fi
+
+echo; echo "== host1 (10.0.1.10, spoke1's LAN) -> host2 (10.0.2.10, spoke2's LAN), across the DMVPN"
+if "$APPLIANCE" lab exec host1 -- ping -c 5 -i 0.5 -W 2 10.0.2.10; then
+  echo; echo "== spoke1: the route to spoke2's LAN"
+  "$APPLIANCE" lab exec spoke1 -- ip route show 10.0.2.0/24
+else
+  echo "NOT YET: host1 gets no reply from host2: the DMVPN does not carry traffic between the spokes' LANs yet"
+  missing+=("spoke-to-spoke traffic")
+fi
+
+echo
+if [ ${#missing[@]} -gt 0 ]; then
+  printf 'demo: NOT YET working: %s\n' "$(IFS=';'; echo "${missing[*]}")"
+  exit 3
+fi
+echo "demo: every part worked"

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,7 +295,8 @@ class Lab:
             return name, self.client.exec(name, [APPLIANCE, "apply", site], env=env, timeout=APPLY_TIMEOUT_S), t
 
         with ThreadPoolExecutor(max_workers=len(routers)) as pool:
-            for name, result, started in pool.map(apply, routers):
+            for future in as_completed([pool.submit(apply, name) for name in routers]):
+                name, result, started = future.result()
                 took = time.monotonic() - started
                 node = by_name[name]
                 if result.ok:
