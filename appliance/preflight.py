@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .nft import MISSING_NFTABLES
 from .render.spec import DesiredState
+from .render.timesync import TIMESYNCD_PATH
 
 APT = "apt-get install --no-install-recommends"
 MIN_FRR = (8, 4)
@@ -136,6 +137,8 @@ def check(
         )
     if desired.vrrp.config is not None:
         need_package("keepalived", "keepalived (VRRP)")
+    if any(f.path == TIMESYNCD_PATH for f in desired.files):
+        need_package("systemd-timesyncd", "systemd-timesyncd (the site names NTP servers)")
     if which("nft") is None:
         problems.append(Problem("nft is not installed", f"{APT} nftables"))
     if not has_python_module("nftables"):

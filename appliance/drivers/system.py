@@ -12,9 +12,11 @@ from typing import Any
 
 from ..render.spec import DesiredState, RenderedFile
 from ..render.sysctl import SYSCTL_PATH
+from ..render.timesync import TIMESYNCD_PATH
 from .base import (
     CHANGE,
     CREATE,
+    REMOVE,
     Change,
     Context,
     DriverError,
@@ -26,6 +28,7 @@ from .base import (
 )
 
 HOSTNAME_PATH = "/etc/hostname"
+TIMESYNCD_UNIT = "systemd-timesyncd"
 # The running hostname (of this UTS namespace): what sethostname(2) sets, read and written through
 # ctx.root so that an apply into a root directory never renames the machine it runs on.
 KERNEL_HOSTNAME = "/proc/sys/kernel/hostname"
@@ -107,12 +110,12 @@ class SystemDriver:
             raise DriverError(self.name, f"cannot set the hostname to {name}", e.strerror or str(e)) from None
 
     def claims(self, desired: DesiredState) -> set[str]:
-        return {HOSTNAME_PATH, SYSCTL_PATH}
+        return {HOSTNAME_PATH, SYSCTL_PATH, TIMESYNCD_PATH}
 
     def _files(self, desired: DesiredState) -> list[RenderedFile]:
-        # /etc/sysctl.d/90-appliance.conf is rendered (render/sysctl.py): written only when the state has it.
-        sysctl = find_file(desired, SYSCTL_PATH)
-        return [RenderedFile(HOSTNAME_PATH, desired.hostname + "\n"), *([sysctl] if sysctl else [])]
+        # The sysctl.d file and the timesyncd drop-in are rendered: written only when the state has them.
+        rendered = [f for f in (find_file(desired, SYSCTL_PATH), find_file(desired, TIMESYNCD_PATH)) if f]
+        return [RenderedFile(HOSTNAME_PATH, desired.hostname + "\n"), *rendered]
 
     def diff(self, desired: DesiredState) -> list[Change]:
         changes = []
@@ -132,12 +135,17 @@ class SystemDriver:
             c = file_change(self.ctx, self.name, f)
             if c:
                 changes.append(c)
+        if find_file(desired, TIMESYNCD_PATH) is None and self.ctx.path(TIMESYNCD_PATH).exists():
+            # the drop-in's name is ours: the site no longer names NTP servers
+            changes.append(Change(self.name, REMOVE, "file", TIMESYNCD_PATH, f"remove {TIMESYNCD_PATH}"))
         changes += self.keys.changes({k: v for k, v in desired.sysctl.items() if not is_interface_key(k)})
         return changes
 
     def apply(self, changes: list[Change]) -> None:
         for c in changes:
-            if c.kind == "file":
+            if c.kind == "file" and c.action == REMOVE:
+                self.ctx.path(c.name).unlink(missing_ok=True)
+            elif c.kind == "file":
                 write_rendered(self.ctx, c.payload)
             elif c.kind == "hostname":
                 self._set_hostname(c.payload[1])
@@ -145,6 +153,17 @@ class SystemDriver:
                 self.keys.write(c.payload[1], c.payload[2])
             else:
                 raise DriverError(self.name, f"unknown change kind {c.kind}")
+        if any(c.name == TIMESYNCD_PATH for c in changes):
+            self._restart_timesyncd()
+
+    def _restart_timesyncd(self) -> None:
+        """timesyncd reads its drop-ins at start; a box without it (or a lab node) has nothing to restart."""
+        if getattr(self.ctx.services, "kind", "") != "systemd" or not self.ctx.services.is_active(TIMESYNCD_UNIT):
+            return
+        try:
+            self.ctx.services.restart(TIMESYNCD_UNIT)
+        except Exception as e:
+            raise DriverError(self.name, f"cannot restart {TIMESYNCD_UNIT}", str(e)) from None
 
     def verify(self, desired: DesiredState) -> None:
         left = [c.name for c in self.diff(desired)]
@@ -155,7 +174,7 @@ class SystemDriver:
         keys = [k for k in desired.sysctl if not is_interface_key(k)]
         return {
             "hostname": self._get_hostname(),
-            "files": file_snapshot(self.ctx, [HOSTNAME_PATH, SYSCTL_PATH]),
+            "files": file_snapshot(self.ctx, [HOSTNAME_PATH, SYSCTL_PATH, TIMESYNCD_PATH]),
             "sysctl": {k: self.keys.read(k) for k in keys},
         }
 

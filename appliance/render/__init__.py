@@ -9,6 +9,7 @@ from .ipsec import render_ipsec, render_ipsec_files
 from .netlink import render_netlink
 from .spec import DesiredState
 from .sysctl import render_sysctl, render_sysctl_file
+from .timesync import render_timesyncd_file
 from .vrrp import render_vrrp, render_vrrp_files
 
 __all__ = ["render_site", "site_secrets"]
@@ -39,6 +40,9 @@ def render_site(site: Site) -> DesiredState:
         *render_frr_files(frr),
         *render_vrrp_files(vrrp),
     )
+    timesyncd = render_timesyncd_file(site)
+    if timesyncd is not None:
+        files += (timesyncd,)
     return DesiredState(
         hostname=site.system.hostname,
         sysctl=sysctl,

@@ -256,3 +256,38 @@ def test_enable_failure_keeps_systemctls_words(tmp_path: Path) -> None:
     with pytest.raises(DriverError) as e:
         drv.apply(drv.diff(HUB))
     assert str(e.value) == ("services: cannot enable frr: Failed to enable unit: Unit file frr.service does not exist.")
+
+
+# --- NTP (systemd-timesyncd drop-in) --------------------------------------------------------------
+
+
+class RestartRecorder(FakeServices):
+    kind = "systemd"
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.restarted: list[str] = []
+
+    def restart(self, name: str) -> None:
+        self.restarted.append(name)
+
+
+def test_ntp_servers_become_a_timesyncd_drop_in_and_go_away_with_them(tmp_path: Path) -> None:
+    from appliance.render.timesync import TIMESYNCD_PATH
+
+    site = load_site(ROOT / "examples/hub.yaml", env=ENV, frr_version=(8, 4)).site
+    with_ntp = render_site(site.model_copy(update={"system": site.system.model_copy(update={"ntp": ["192.0.2.123"]})}))
+    root = fake_root(tmp_path)
+    services = RestartRecorder(active={"systemd-timesyncd"})
+    drv = SystemDriver(context(root, services))
+    drv.apply(drv.diff(with_ntp))
+    assert (root / TIMESYNCD_PATH.lstrip("/")).read_text() == (
+        "# Written by appliance from the site file.\n[Time]\nNTP=192.0.2.123\n"
+    )
+    assert services.restarted == ["systemd-timesyncd"]
+    assert drv.diff(with_ntp) == []
+    plan = drv.diff(HUB)  # the site names no NTP server any more
+    assert [(c.action, c.name) for c in plan] == [("remove", TIMESYNCD_PATH)]
+    drv.apply(plan)
+    assert not (root / TIMESYNCD_PATH.lstrip("/")).exists()
+    assert services.restarted == ["systemd-timesyncd", "systemd-timesyncd"]
