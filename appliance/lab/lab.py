@@ -200,7 +200,7 @@ class Lab:
             lab._apply_all(topology, report, progress)
             report.apply_s = time.monotonic() - t2
             if not report.failed:
-                lab._converge(report, converge_timeout, progress)
+                lab._converge(topology, report, converge_timeout, progress)
         return lab, report
 
     def _write_state(self, topology: Topology, config: VmConfig, kernel, values: dict[str, str]) -> None:
@@ -307,48 +307,66 @@ class Lab:
                     node.detail = self._redact(result.output) + "\n" + self.logs(name, 30)
                     progress(f"  {name}: apply FAILED (exit {result.rc}) after {took:.1f} s")
 
-    def _converge(self, report: UpReport, timeout: float, progress: Progress) -> None:
-        """Wait until every spoke is registered with its NHS (when `show dmvpn` works there)."""
-        spokes = [n for n in report.nodes if n.role == "spoke"]
-        if not spokes:
+    def _converge(self, topology: Topology, report: UpReport, timeout: float, progress: Progress) -> None:
+        """Wait until every spoke is registered with the hubs it names (their NHRP caches say so).
+
+        The hub's cache is the authority: a dynamic entry exists only after a registration was
+        accepted, whereas a spoke lists a statically configured NHS whether it answered or not.
+        """
+        hubs = {
+            str(topology.sites[n].site.dmvpn.tunnel.address): n
+            for n in topology.routers()
+            if topology.sites[n].site.role == "hub"
+        }
+        wanted: dict[str, tuple[str, list[str]]] = {}  # spoke -> (tunnel address, hub nodes it registers with)
+        for n in topology.routers():
+            site = topology.sites[n].site
+            if site.role == "spoke":
+                targets = [hubs[str(nhs.address)] for nhs in site.dmvpn.nhrp.nhs if str(nhs.address) in hubs]
+                wanted[n] = (str(site.dmvpn.tunnel.address), targets)
+        if not wanted:
             report.converged = True
             return
-        progress(f"waiting up to {timeout:.0f} s for NHRP registrations of {', '.join(n.name for n in spokes)}")
+        progress(f"waiting up to {timeout:.0f} s for the NHRP registrations of {', '.join(wanted)}")
+        by_name = {node.name: node for node in report.nodes}
         deadline = time.monotonic() + timeout
-        pending = {n.name: n for n in spokes}
         while True:
-            for name, node in list(pending.items()):
-                node.nhs = self.nhs_state(name)
-                if node.nhs == "registered":
-                    del pending[name]
-                elif node.nhs.startswith("unavailable"):
-                    del pending[name]
-            if not pending or time.monotonic() > deadline:
+            caches = {hub: self.nhrp_dynamic_peers(hub) for hub in sorted({h for _, hs in wanted.values() for h in hs})}
+            for spoke, (address, targets) in wanted.items():
+                by_name[spoke].nhs = registration_state(address, targets, caches)
+            done = all(by_name[s].nhs == "registered" or by_name[s].nhs.startswith("unavailable") for s in wanted)
+            if done or time.monotonic() > deadline:
                 break
-            time.sleep(2)
-        report.missing = [f"{n.name}: NHS {n.nhs}" for n in spokes if n.nhs != "registered"]
-        unavailable = all(n.nhs.startswith("unavailable") for n in spokes)
-        report.converged = None if unavailable else not report.missing
+            time.sleep(3)
+        states = [by_name[s].nhs for s in wanted]
+        report.missing = [f"{s}: NHS {by_name[s].nhs}" for s in wanted if by_name[s].nhs != "registered"]
+        report.converged = None if all(st.startswith("unavailable") for st in states) else not report.missing
+        progress("converged" if report.converged else f"not converged: {'; '.join(report.missing)}")
 
-    def nhs_state(self, node: str) -> str:
-        """'registered', 'not registered', or 'unavailable (...)' from `appliance show dmvpn --json`."""
-        result = self.client.exec(node, [APPLIANCE, "show", "dmvpn", "--json"], timeout=60)
+    def nhrp_dynamic_peers(self, hub: str) -> set[str] | str:
+        """Overlay addresses of the hub's dynamic (registered) NHRP peers, or why they are unknown."""
+        result = self.client.exec(hub, [APPLIANCE, "show", "dmvpn", "--json"], timeout=120)
         if not result.ok:
             lines = result.output.splitlines()
             return f"unavailable ({self._redact(lines[-1]) if lines else f'exit {result.rc}'})"
         try:
-            entries = json.loads(result.stdout).get("nhs", [])
+            cache = json.loads(result.stdout).get("cache", [])
         except (ValueError, AttributeError):
-            return "unavailable (unreadable JSON)"
-        return "registered" if entries and all(nhs_registered(e) for e in entries) else "not registered"
+            return "unavailable (unreadable JSON from show dmvpn)"
+        return {str(e.get("protocol")) for e in cache if e.get("type") == "dynamic"}
 
 
-def nhs_registered(entry: dict[str, Any]) -> bool:
-    """FRR lists an NHS whose registration got no reply with protocol '-' or '(unspec)'."""
-    if str(entry.get("state", "")).lower() in ("up", "registered"):
-        return True
-    proto = str(entry.get("protocol") or entry.get("proto") or "")
-    return proto.count(".") == 3 and "unspec" not in proto
+def registration_state(address: str, hubs: list[str], caches: dict[str, set[str] | str]) -> str:
+    """'registered' when every hub the spoke names has it as a dynamic peer, else what is missing."""
+    if not hubs:
+        return "no NHS in this lab"
+    unknown = [caches[h] for h in hubs if isinstance(caches[h], str)]
+    if unknown:
+        return str(unknown[0])
+    missing = [h for h in hubs if address not in caches[h]]
+    if not missing:
+        return "registered"
+    return f"not registered with {', '.join(missing)}"
 
 
 def _private_dir(path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from appliance.lab.build import build_plan
 from appliance.lab.expect import ExpectTimeout, json_subset, run_and_expect
+from appliance.lab.lab import registration_state
 from appliance.lab.secrets import env_references, lab_secrets, node_secrets
 from appliance.lab.topology import load_topology
 from appliance.lab.vm import INSTALL_HINT, choose_accel
@@ -164,3 +165,11 @@ def test_lab_up_with_a_bad_topology_exits_2_before_any_vm(tmp_path):
     proc = subprocess.run([APPLIANCE, "lab", "up", str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"{path}:2:3: nodes.x: ")
+
+
+def test_a_spoke_is_registered_only_when_every_hub_it_names_has_it_as_a_dynamic_peer():
+    caches = {"hub": {"172.16.0.11", "172.16.0.13"}, "hub2": {"172.16.0.13"}, "down": "unavailable (exit 1)"}
+    assert registration_state("172.16.0.13", ["hub", "hub2"], caches) == "registered"
+    assert registration_state("172.16.0.11", ["hub", "hub2"], caches) == "not registered with hub2"
+    assert registration_state("172.16.0.11", ["down"], caches) == "unavailable (exit 1)"
+    assert registration_state("172.16.0.11", [], caches) == "no NHS in this lab"
