@@ -86,6 +86,9 @@ class ApplianceVm:
         self.proc: subprocess.Popen | None = None
         self.drives: list[str] = []
         self.boot_from_cdrom = False
+        self.firmware: Path | None = None  # e.g. OVMF for UEFI; default SeaBIOS
+        self.memory_mib = 1024
+        self.monitor = workdir / f"{name}.monitor"
 
     def add_overlay(self, base_qcow2: Path) -> Path:
         """Boots from a throwaway overlay: the cached image is never written."""
@@ -109,8 +112,10 @@ class ApplianceVm:
     def start(self) -> None:
         self.serial_log.write_bytes(b"")
         cmd = ["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2"]
-        cmd += ["-m", "1024", "-nodefaults", "-display", "none", "-serial", f"file:{self.serial_log}"]
+        cmd += ["-m", str(self.memory_mib), "-nodefaults", "-display", "none", "-serial", f"file:{self.serial_log}"]
+        cmd += ["-monitor", f"unix:{self.monitor},server=on,wait=off"]
         cmd += self.drives + (["-boot", "d"] if self.boot_from_cdrom else [])
+        cmd += ["-bios", str(self.firmware)] if self.firmware else []
         nics = [
             ("pub", "restrict=on,net=192.0.2.0/24"),
             ("lan", "restrict=on,net=10.99.0.0/24"),
@@ -129,6 +134,9 @@ class ApplianceVm:
         cmd = ["ssh", "-i", str(self.key), "-p", str(self.port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
         cmd += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
         return subprocess.run(cmd + ["root@127.0.0.1", command], capture_output=True, text=True, timeout=timeout)
+
+    def unit_property(self, unit: str, prop: str) -> str:
+        return self.ssh(f"systemctl show -p {prop} --value {unit}").stdout.strip()
 
     def wait_for_ssh(self, timeout: float) -> float:
         """Seconds from start until root logs in with the key; fails with the console's tail."""
@@ -158,21 +166,42 @@ class ApplianceVm:
             time.sleep(3)
         return out
 
+    def wait_for_console(self, text: str, timeout: float) -> float:
+        """Seconds from start until `text` shows on the serial console; fails with its tail."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.serial():
+                return time.monotonic() - self.started
+            time.sleep(2)
+        raise AssertionError(f"{text!r} not on the console within {timeout:.0f} s\n{self.console_tail()}")
+
     def console_tail(self, lines: int = 40) -> str:
         return "console (last lines):\n" + "\n".join(self.serial().splitlines()[-lines:])
 
-    def poweroff(self, timeout: float = 180) -> None:
-        """A clean shutdown (the guest must flush its disk), then QEMU exits by itself."""
+    def poweroff(self, timeout: float = 300) -> None:
+        """A clean shutdown (the guest must flush its disk), then QEMU exits by itself. If SSH does not
+        get through, the ACPI power button (systemd-logind powers off on it)."""
+        assert self.proc is not None
         try:
             self.ssh("systemctl poweroff", timeout=30)
         except subprocess.TimeoutExpired:
             pass
-        assert self.proc is not None
+        try:
+            self.proc.wait(timeout=60)
+            return
+        except subprocess.TimeoutExpired:
+            self.monitor_command("system_powerdown")
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.stop()
             raise AssertionError(f"guest did not power off within {timeout:.0f} s\n{self.console_tail()}") from None
+
+    def monitor_command(self, command: str) -> None:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.monitor))
+            s.sendall(command.encode() + b"\n")
+            time.sleep(1)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -1,6 +1,6 @@
 """The appliance image, built (cached) and booted in QEMU (TCG) with a config drive carrying
 examples/hub.yaml: it must come up on its own, by key only, and apply the site at boot.
-The ISO boots the same system live and installs it to a blank disk, which then boots."""
+(The ISO: test_image_iso.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from image_vm import REPO, TEST_SECRETS, ApplianceVm, build, make_config_drive, make_key
+from image_vm import REPO, TEST_SECRETS, ApplianceVm, build, make_config_drive
 
 pytestmark = pytest.mark.image
 
@@ -19,18 +19,8 @@ APPLY_TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("image")
-
-
-@pytest.fixture(scope="module")
 def image_cache(workdir: Path) -> Path:
     return build("image", workdir / "build.log")
-
-
-@pytest.fixture(scope="module")
-def key(workdir: Path) -> Path:
-    return make_key(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +38,6 @@ def hub(workdir: Path, image_cache: Path, key: Path):
         vm.stop()
 
 
-def unit_property(vm: ApplianceVm, unit: str, prop: str) -> str:
-    return vm.ssh(f"systemctl show -p {prop} --value {unit}").stdout.strip()
-
-
 def test_image_build_is_cached(workdir: Path, image_cache: Path) -> None:
     log = workdir / "rebuild.log"
     started = time.monotonic()
@@ -61,7 +47,7 @@ def test_image_build_is_cached(workdir: Path, image_cache: Path) -> None:
 
 
 def test_config_drive_imported_with_root_only_secrets(hub: ApplianceVm) -> None:
-    assert unit_property(hub, "appliance-config-drive.service", "Result") == "success"
+    assert hub.unit_property("appliance-config-drive.service", "Result") == "success"
     modes = hub.ssh("stat -c '%n %a %U' /etc/appliance/site.yaml /etc/appliance/secrets.env /root/.ssh/authorized_keys")
     assert modes.stdout.split("\n")[:3] == [
         "/etc/appliance/site.yaml 600 root",
@@ -96,13 +82,13 @@ def test_box_made_its_own_identity(hub: ApplianceVm, image_cache: Path) -> None:
 
 
 def test_only_charon_systemd_runs(hub: ApplianceVm) -> None:
-    assert unit_property(hub, "strongswan-starter.service", "LoadState") == "masked"
-    assert unit_property(hub, "strongswan.service", "ActiveState") == "active"
+    assert hub.unit_property("strongswan-starter.service", "LoadState") == "masked"
+    assert hub.unit_property("strongswan.service", "ActiveState") == "active"
 
 
 def test_appliance_service_succeeded(hub: ApplianceVm) -> None:
-    result = unit_property(hub, "appliance.service", "Result")
-    state = unit_property(hub, "appliance.service", "ActiveState")
+    result = hub.unit_property("appliance.service", "Result")
+    state = hub.unit_property("appliance.service", "ActiveState")
     journal = hub.ssh("journalctl -b -u appliance.service --no-pager -o cat | tail -20").stdout
     assert (state, result) == ("active", "success"), journal
 
@@ -127,60 +113,3 @@ def test_secrets_stay_out_of_journal_and_console(hub: ApplianceVm) -> None:
     for name, value in TEST_SECRETS.items():
         assert value not in journal, f"{name} in the journal"
         assert value not in hub.serial(), f"{name} on the console"
-
-
-# --- the ISO: live system and installer ---------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def iso_cache(workdir: Path) -> Path:
-    return build("iso", workdir / "build-iso.log")
-
-
-def test_iso_is_hybrid_bios_and_uefi(iso_cache: Path) -> None:
-    report = subprocess.run(
-        ["xorriso", "-indev", str(iso_cache / "appliance.iso"), "-report_el_torito", "plain"],
-        capture_output=True,
-        text=True,
-    ).stdout
-    platforms = [line.split()[5] for line in report.splitlines() if line.startswith("El Torito boot img :")]
-    assert platforms == ["BIOS", "UEFI"], report
-    mbr = (iso_cache / "appliance.iso").read_bytes()[510:512]
-    assert mbr == b"\x55\xaa", "no MBR: the ISO would not boot from a USB stick"
-
-
-def test_iso_boots_live_and_installs_to_disk(workdir: Path, iso_cache: Path, key: Path) -> None:
-    live = ApplianceVm(workdir, key, name="live")
-    target = workdir / "target.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), "4G"], check=True)
-    live.add_disk(target)
-    live.add_config_drive(make_config_drive(workdir, REPO / "examples/spoke1.yaml", key, name="spoke1.img"))
-    live.add_cdrom(iso_cache / "appliance.iso")
-    live.start()
-    try:
-        live.wait_for_ssh(BOOT_TIMEOUT)
-        root = live.ssh("findmnt -no FSTYPE /").stdout.strip()
-        assert root == "overlay", f"the live system runs from squashfs under an overlay, not {root}"
-        assert live.ssh("cat /etc/appliance/site.yaml").stdout == (REPO / "examples/spoke1.yaml").read_text()
-        install = live.ssh("appliance-install --yes /dev/vda", timeout=900)
-        assert install.returncode == 0, install.stdout + install.stderr
-        assert "appliance-install: done" in install.stdout
-        live.poweroff()
-    finally:
-        live.stop()
-
-    installed = ApplianceVm(workdir, key, name="installed")
-    installed.add_disk(target)  # no ISO, no config drive: everything must come from the disk
-    installed.start()
-    try:
-        installed.wait_for_ssh(BOOT_TIMEOUT)
-        assert installed.ssh("findmnt -no SOURCE,FSTYPE /").stdout.split() == ["/dev/vda1", "ext4"]
-        assert installed.ssh("cat /etc/appliance/site.yaml").stdout == (REPO / "examples/spoke1.yaml").read_text()
-        assert installed.ssh("stat -c %a /etc/appliance/secrets.env").stdout.strip() == "600"
-        assert installed.ssh("test -x /opt/appliance/bin/appliance && readlink /usr/local/bin/appliance").stdout == (
-            "/opt/appliance/bin/appliance\n"
-        )
-        started = unit_property(installed, "appliance.service", "ExecMainStartTimestampMonotonic")
-        assert started not in ("", "0"), "appliance.service did not run on the installed disk"
-    finally:
-        installed.stop()
