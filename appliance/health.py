@@ -34,7 +34,7 @@ def _frr(role: str) -> dict[str, Any]:
     except status.StatusError as e:
         return {"error": str(e)}
     nhs_rows = status._table(nhs)
-    registered = [row for row in nhs_rows if str(row.get("state", "")).lower() in ("up", "registered")]
+    registered = [row for row in nhs_rows if status.nhs_registered(row)]
     neighbours = (
         [n for entries in (ospf.get("neighbors") or {}).values() for n in entries] if isinstance(ospf, dict) else []
     )

@@ -35,21 +35,31 @@ def format_dmvpn(d: dict) -> str:
         out += [
             "Next-hop servers",
             table(
-                ["interface", "nhs", "nbma", "state"],
-                [(e.get("interface"), e.get("proto"), e.get("nbma"), e.get("state")) for e in d["nhs"]],
+                ["interface", "nhs", "nbma", "overlay", "state"],
+                [
+                    (
+                        e.get("interface"),
+                        e.get("fqdn"),
+                        e.get("nbma"),
+                        e.get("protocol"),
+                        "registered" if e.get("registered") else "not registered",
+                    )
+                    for e in d["nhs"]
+                ],
             ),
             "",
         ]
     out += [
         "NHRP peers",
         table(
-            ["interface", "overlay", "nbma", "claimed nbma", "type", "flags"],
+            ["interface", "overlay", "nbma", "claimed nbma", "nat", "type", "flags"],
             [
                 (
                     e.get("interface"),
                     e.get("protocol"),
                     e.get("nbma"),
-                    e.get("claimedNbma"),
+                    e.get("claimed_nbma"),
+                    "yes" if e.get("claimed_nbma") and e.get("claimed_nbma") != e.get("nbma") else "",
                     e.get("type"),
                     " ".join(f for f in ("used" if e.get("used") else "", e.get("flags", "")) if f),
                 )

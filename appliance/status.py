@@ -81,7 +81,14 @@ def dmvpn() -> dict[str, Any]:
         for nbma, count in sorted(by_nbma.items())
         if nbma and count > 1
     ]
-    return {"nhs": _table(nhs), "cache": _table(cache), "shortcuts": _table(shortcuts), "warnings": warnings}
+    servers = [{**e, "registered": nhs_registered(e)} for e in _table(nhs)]
+    return {"nhs": servers, "cache": _table(cache), "shortcuts": _table(shortcuts), "warnings": warnings}
+
+
+def nhs_registered(entry: dict[str, Any]) -> bool:
+    """nhrpd learns the NHS's overlay address from its registration reply; '(unspec)' until then."""
+    protocol = str(entry.get("protocol") or "")
+    return bool(protocol) and protocol != "(unspec)"
 
 
 def _vici_session():

@@ -1,0 +1,63 @@
+"""`appliance show dmvpn` from nhrpd's JSON as FRR 8.4.4 prints it (recorded in the lab)."""
+
+from __future__ import annotations
+
+from appliance import show, status
+
+# vtysh -c 'show ip nhrp nhs json' on a spoke before and after registration, and a hub's cache.
+NHS_UNREGISTERED = {"interface": "dmvpn0", "fqdn": "192.0.2.2", "nbma": "192.0.2.2", "protocol": "(unspec)"}
+NHS_REGISTERED = {**NHS_UNREGISTERED, "protocol": "172.16.0.1"}
+CACHE = [
+    {
+        "interface": "dmvpn0",
+        "type": "local",
+        "protocol": "172.16.0.1",
+        "nbma": "192.0.2.2",
+        "claimed_nbma": "192.0.2.2",
+        "used": False,
+    },
+    {
+        "interface": "dmvpn0",
+        "type": "dynamic",
+        "protocol": "172.16.0.13",
+        "nbma": "203.0.113.2",
+        "claimed_nbma": "192.168.100.2",
+        "used": True,
+    },
+    {
+        "interface": "dmvpn0",
+        "type": "dynamic",
+        "protocol": "172.16.0.14",
+        "nbma": "203.0.113.2",
+        "claimed_nbma": "192.168.100.2",
+        "used": False,
+    },
+]
+
+
+def fake_vtysh(nhs, cache):
+    def answer(*commands):
+        table = {"show ip nhrp nhs json": nhs, "show ip nhrp cache json": cache, "show ip nhrp shortcut json": []}
+        return [{"attr": {"entriesCount": len(table[c])}, "table": table[c]} for c in commands]
+
+    return answer
+
+
+def test_registration_is_read_from_the_nhs_protocol_address(monkeypatch) -> None:
+    monkeypatch.setattr(status, "vtysh_json", fake_vtysh([NHS_UNREGISTERED], []))
+    assert status.dmvpn()["nhs"][0]["registered"] is False
+    monkeypatch.setattr(status, "vtysh_json", fake_vtysh([NHS_REGISTERED], []))
+    assert status.dmvpn()["nhs"][0]["registered"] is True
+
+
+def test_hub_view_flags_nat_and_two_spokes_behind_one_address(monkeypatch) -> None:
+    monkeypatch.setattr(status, "vtysh_json", fake_vtysh([], CACHE))
+    data = status.dmvpn()
+    assert data["warnings"] == [
+        "2 spokes registered from NBMA 203.0.113.2: spokes behind one PAT address cannot all work "
+        "(Linux transport-mode IPsec selects SAs by address, not port)"
+    ]
+    text = show.format_dmvpn(data)
+    row = next(line for line in text.splitlines() if "172.16.0.13" in line).split()
+    assert row == ["dmvpn0", "172.16.0.13", "203.0.113.2", "192.168.100.2", "yes", "dynamic", "used"]
+    assert text.splitlines()[-1].startswith("warning: 2 spokes registered from NBMA 203.0.113.2")
