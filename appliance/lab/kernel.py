@@ -24,7 +24,7 @@ CACHE_DIR = Path(os.environ.get("APPLIANCE_LAB_CACHE", "/var/cache/appliance-lab
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX = Path("/bin/busybox")
 # What the initramfs needs to reach the root filesystem; modprobe --show-depends orders them.
-INITRAMFS_MODULES = ("virtio_pci", "virtiofs", "overlay")
+INITRAMFS_MODULES = ("virtio_pci", "virtiofs", "overlay", "virtio_console")  # console: the control port
 VIRTIOFS_TAG = "hostroot"
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
 

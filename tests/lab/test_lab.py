@@ -128,8 +128,9 @@ nodes:
     site: {site}
     setup:
       # charon fails to start in this node only (a private mount namespace): a daemon that dies at once
-      - printf '#!/bin/sh\\necho "charon: lab test: refusing to start" >&2\\nexit 7\\n' > /tmp/charon
-      - chmod +x /tmp/charon && mount --bind /tmp/charon /usr/lib/ipsec/charon
+      - |
+        printf '#!/bin/sh\\necho "charon: lab test: refusing to start" >&2\\nexit 7\\n' > /tmp/charon
+        chmod +x /tmp/charon && mount --bind /tmp/charon /usr/lib/ipsec/charon
 links:
   - endpoints: [inet:eth1, hub:eth0]
 """
