@@ -173,3 +173,15 @@ def test_a_spoke_is_registered_only_when_every_hub_it_names_has_it_as_a_dynamic_
     assert registration_state("172.16.0.11", ["hub", "hub2"], caches) == "not registered with hub2"
     assert registration_state("172.16.0.11", ["down"], caches) == "unavailable (exit 1)"
     assert registration_state("172.16.0.11", [], caches) == "no NHS in this lab"
+
+
+def test_missing_qemu_or_virtiofsd_is_named_with_the_install_command(monkeypatch):
+    from appliance.lab import LabError, vm
+
+    monkeypatch.setattr(vm.shutil, "which", lambda tool: None if tool == vm.QEMU else f"/usr/bin/{tool}")
+    monkeypatch.setattr(vm.os, "access", lambda path, mode: path != vm.VIRTIOFSD)
+    with pytest.raises(LabError) as e:
+        vm.check_requirements()
+    message = str(e.value)
+    assert message.startswith(f"the lab needs {vm.QEMU}, {vm.VIRTIOFSD};")
+    assert "apt-get install qemu-system-x86" in message
