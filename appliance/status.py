@@ -37,28 +37,31 @@ def vtysh_json(*commands: str) -> list[Any]:
         raise StatusError("vtysh did not answer within 60 s") from None
     if proc.returncode != 0 and not proc.stdout.strip():
         raise StatusError(f"vtysh: {(proc.stderr or proc.stdout).strip() or 'exit ' + str(proc.returncode)}")
-    docs = _split_json(proc.stdout)
+    docs, text = _split_json(proc.stdout)
     if len(docs) != len(commands):
-        raise StatusError(f"vtysh: expected {len(commands)} JSON answers, got {len(docs)}: {proc.stdout.strip()[:200]}")
+        said = "; ".join(text) or proc.stdout.strip()[:200]
+        raise StatusError(f"vtysh: expected {len(commands)} JSON answers, got {len(docs)}: {said}")
     return docs
 
 
-def _split_json(text: str) -> list[Any]:
-    """vtysh prints one JSON document per -c, back to back."""
+def _split_json(output: str) -> tuple[list[Any], list[str]]:
+    """vtysh prints one JSON document per -c, back to back: (the documents, the other lines).
+
+    Other lines are errors ("% Unknown command") or, measured with FRR 8.4.4, the text header
+    'show ip nhrp shortcut json' prints before its JSON: they never count as an answer."""
     decoder = json.JSONDecoder()
-    docs, i = [], 0
+    docs, text, i = [], [], 0
     while True:
-        while i < len(text) and text[i].isspace():
+        while i < len(output) and output[i].isspace():
             i += 1
-        if i >= len(text):
-            return docs
+        if i >= len(output):
+            return docs, text
         try:
-            doc, i = decoder.raw_decode(text, i)
+            doc, i = decoder.raw_decode(output, i)
         except json.JSONDecodeError:
-            # a non-JSON line (e.g. "% Unknown command"): keep it as text so the caller can report
-            end = text.find("\n", i)
-            end = len(text) if end < 0 else end
-            docs.append({"error": text[i:end].strip()})
+            end = output.find("\n", i)
+            end = len(output) if end < 0 else end
+            text.append(output[i:end].strip())
             i = end
             continue
         docs.append(doc)

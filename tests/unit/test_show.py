@@ -61,3 +61,14 @@ def test_hub_view_flags_nat_and_two_spokes_behind_one_address(monkeypatch) -> No
     row = next(line for line in text.splitlines() if "172.16.0.13" in line).split()
     assert row == ["dmvpn0", "172.16.0.13", "203.0.113.2", "192.168.100.2", "yes", "dynamic", "used"]
     assert text.splitlines()[-1].startswith("warning: 2 spokes registered from NBMA 203.0.113.2")
+
+
+def test_vtysh_answers_are_split_around_frr_84s_text_header(monkeypatch) -> None:
+    """FRR 8.4.4 prints 'Type Prefix Via Identity' before the JSON of 'show ip nhrp shortcut json'."""
+    header = "Type     Prefix                   Via                      Identity"
+    out = '{"table":[]}\n' + header + '\n{"table":[{"prefix":"10.0.2.0/24"}]}\n'
+    docs, text = status._split_json(out)
+    assert docs == [{"table": []}, {"table": [{"prefix": "10.0.2.0/24"}]}]
+    assert text == [header]
+    docs, text = status._split_json("% Unknown command: show ip nhrp foo json\n")
+    assert docs == [] and text == ["% Unknown command: show ip nhrp foo json"]
