@@ -157,6 +157,15 @@ def unit_files() -> list[Path]:
     return sorted(p for pat in ("*.service", "*.timer") for p in (REPO / "systemd").glob(pat))
 
 
+def clamp_mtimes(root: Path, epoch: int) -> None:
+    """Files written during this build get the fixed build time, as mmdebstrap's files have."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames + ([""] if dirpath == str(root) else []):
+            path = os.path.join(dirpath, name) if name else dirpath
+            if os.lstat(path).st_mtime > epoch:
+                os.utime(path, (epoch, epoch), follow_symlinks=False)
+
+
 def package_list(kernel: str) -> list[str]:
     lines = (IMAGES / "packages.txt").read_text().splitlines()
     return [KERNELS[kernel]] + [s for line in lines if (s := line.split("#", 1)[0].strip())]
@@ -284,6 +293,7 @@ class Build:
             ).stdout
             (self.cache / "appliance.packages").write_text(manifest)
             shutil.copy2(root / "opt/appliance/pip-freeze.txt", self.cache / "appliance.pip-freeze")
+            clamp_mtimes(root, int(SOURCE_DATE_EPOCH))
             tmp_raw = Path(tmp) / "appliance.raw"
             self._make_disk(root, tmp_raw, key)
             tmp_qcow2 = Path(tmp) / "appliance.qcow2"
