@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .topology import HostNode, InternetNode, LinuxNode, RouterNode, Topology
+from .topology import HostNode, InternetNode, LinuxNode, RouterNode, SwitchNode, Topology
 
 NODE_ROOT = "/run/lab"  # per-node directories in the VM; NODE_ROOT/ns holds the namespaces
 GUEST_BUILD = Path(__file__).resolve().parent / "guest" / "build.py"
@@ -43,7 +43,11 @@ def build_plan(topology: Topology) -> dict[str, Any]:
                 ip.append(f"link add {ifname} type dummy")
             ip.append(f"link set {ifname} up")
         node: dict[str, Any] = {"name": name, "private": has_private_dirs(spec), "ip": ip}
-        if isinstance(spec, HostNode):
+        if isinstance(spec, SwitchNode):
+            ports = topology.interfaces(name)
+            ip[1:1] = ["link add br0 type bridge", *(f"link set {port} master br0" for port in ports)]
+            ip.append("link set br0 up")
+        elif isinstance(spec, HostNode):
             ip.append(f"addr add {spec.address} dev {spec.interface}")
             if spec.gateway:
                 ip.append(f"route add default via {spec.gateway}")

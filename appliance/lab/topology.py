@@ -8,6 +8,7 @@
       hub:    {kind: router, site: hub.yaml}              # `appliance apply hub.yaml` runs inside
       host1:  {kind: host, address: 10.0.1.10/24, gateway: 10.0.1.1}
       box:    {kind: linux}                               # private dirs, configured through exec
+      lan0:   {kind: switch}                              # a bridge: every link to it is one segment
     links:
       - endpoints: [inet:eth1, hub:eth0]
 
@@ -71,8 +72,14 @@ class InternetNode(Strict):
     masquerade: list[InterfaceName] = []  # source NAT for traffic leaving through these interfaces
 
 
-NODE_KINDS = ("router", "linux", "host", "internet")
-Node = Annotated[RouterNode | LinuxNode | HostNode | InternetNode, Field(discriminator="kind")]
+class SwitchNode(Strict):
+    """An Ethernet segment for more than two nodes (two hubs and a host on one LAN, a VRRP pair)."""
+
+    kind: Literal["switch"]
+
+
+NODE_KINDS = ("router", "linux", "host", "internet", "switch")
+Node = Annotated[RouterNode | LinuxNode | HostNode | InternetNode | SwitchNode, Field(discriminator="kind")]
 
 
 class Link(Strict):

@@ -185,3 +185,22 @@ def test_missing_qemu_or_virtiofsd_is_named_with_the_install_command(monkeypatch
     message = str(e.value)
     assert message.startswith(f"the lab needs {vm.QEMU}, {vm.VIRTIOFSD};")
     assert "apt-get install qemu-system-x86" in message
+
+
+def test_a_switch_bridges_every_link_to_it_into_one_segment(tmp_path):
+    path = write(
+        tmp_path,
+        "nodes:\n  lan0: {kind: switch}\n"
+        "  h1: {kind: host, address: 10.0.0.10/24}\n  h2: {kind: host, address: 10.0.0.11/24}\n"
+        "links:\n  - endpoints: [lan0:p1, h1:eth0]\n  - endpoints: [lan0:p2, h2:eth0]\n",
+    )
+    switch = next(n for n in build_plan(load_topology(path))["nodes"] if n["name"] == "lan0")
+    assert switch["ip"] == [
+        "link set lo up",
+        "link add br0 type bridge",
+        "link set p1 master br0",
+        "link set p2 master br0",
+        "link set p1 up",
+        "link set p2 up",
+        "link set br0 up",
+    ]
