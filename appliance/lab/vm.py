@@ -81,6 +81,8 @@ def qemu_argv(
             f"lab.init={kernel.stage2}",
             f"lab.modules={kernel.modules}",
             f"lab.port={CONTROL_PORT}",
+            # the command this lab runs as `appliance` in nodes (keepalived's hooks find it on PATH)
+            f"lab.appliance={Path(sys.executable).with_name('appliance')}",
         ]
     )
     return [

@@ -10,7 +10,10 @@ say() { local up _; read -r up _ < /proc/uptime; echo "lab: $* at ${up}s" > /dev
 say "stage 2 mounted"
 read -r cmdline < /proc/cmdline
 PORT=appliance.lab
-for a in $cmdline; do case $a in lab.port=*) PORT=${a#lab.port=};; esac; done
+APPLIANCE=
+for a in $cmdline; do case $a in lab.port=*) PORT=${a#lab.port=};; lab.appliance=*) APPLIANCE=${a#lab.appliance=};; esac; done
+# as /usr/local/bin/appliance on an image: keepalived's notify and track scripts run `appliance`
+[ -x "$APPLIANCE" ] && ln -sf "$APPLIANCE" /usr/local/bin/appliance
 [ -d /sys/module/virtio_console ] || modprobe virtio_console  # normally loaded by the initramfs
 dev=
 for _ in {1..100}; do
