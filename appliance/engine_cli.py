@@ -115,6 +115,12 @@ def print_result(result: engine.Result, redactor: Redactor) -> None:
     out(f"applied {n} change{'s' if n != 1 else ''}; generation {result.generation}")
 
 
+def print_timings(result: engine.Result) -> None:
+    """One 'subsystem seconds' line per driver on stderr, in apply order (bench/apply_bench.py reads them)."""
+    for name, seconds in result.timings.items():
+        eprint(f"{name} {seconds:.3f}")
+
+
 # --- check / plan --------------------------------------------------------------------------------
 
 
@@ -172,6 +178,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         meta = {"what": "apply", "site": str(args.site.resolve())}
         result = _apply(state, desired, site_text, meta, keep if args.confirm else None)
         print_result(result, redactor)
+        if args.timings:
+            print_timings(result)
         if args.confirm:
             if result.plan.empty:
                 out("nothing changed, so there is nothing to confirm")
@@ -348,6 +356,7 @@ def add_engine_commands(sub: argparse._SubParsersAction) -> None:
         metavar="DURATION",
         help="roll back by itself unless 'appliance confirm' runs within DURATION (e.g. 5m)",
     )
+    p.add_argument("--timings", action="store_true", help="print the seconds each subsystem took to stderr")
     state_dir(p)
     p.set_defaults(func=_guard(cmd_apply))
 
