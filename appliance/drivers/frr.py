@@ -5,13 +5,22 @@ delta means nothing to do. A candidate is always syntax-checked with `vtysh -C -
 on FRR 8.4.4, `--test` on a file vtysh cannot parse prints a delta that deletes the whole running
 configuration, and `--reload` would apply it. A changed daemon set needs watchfrr restarted
 (`ctx.services.restart("frr")`, disruptive); everything else is a reload, which touches only the
-lines in the delta. vtysh start-up is the slow part under emulation: a no-op diff costs one
-`vtysh -C` and one `frr-reload.py --test` (two vtysh runs inside).
+lines in the delta. vtysh start-up is the slow part under emulation: a full diff costs one
+`vtysh -C` and one `frr-reload.py --test` (three vtysh runs inside).
+
+A no-op diff costs one vtysh run: the delta is a pure function of the candidate and of the running
+config frr-reload reads (`show running-config no-header`; fed to it with `--input`, so both sides
+are exactly the text we hashed), and of the FRR tools themselves. Once an apply verified that such
+a triple has an empty delta (and so passed `vtysh -C`), the ledger keeps its hash; a diff that
+finds the same triple again skips both tools. Anything else, a hand change in vtysh, a daemon
+that died, an FRR upgrade, misses the hash and gets the full check.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -38,7 +47,9 @@ SERVICE = "frr"
 VTYSH = "vtysh"
 FRR_RELOAD = "/usr/lib/frr/frr-reload.py"
 TIMEOUT_S = 300  # vtysh takes seconds per call under TCG; a reload runs many of them
+SHOW_RUNNING = "show running-config no-header"  # what frr-reload.py itself reads as the running side
 _DELTA_HEADERS = {"Lines To Delete": "delete", "Lines To Add": "add"}
+NO_DELTA: dict[str, list[str]] = {"delete": [], "add": []}
 
 
 def parse_reload_test(output: str) -> dict[str, list[str]]:
@@ -81,6 +92,29 @@ def strip_show_running(text: str) -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
+def tools_identity(paths: Sequence[str]) -> str:
+    """Path, size and mtime of each tool: an upgraded vtysh or frr-reload.py invalidates a verified delta."""
+    parts = []
+    for name in paths:
+        path = shutil.which(name) or name
+        try:
+            st = os.stat(path)
+        except OSError:
+            parts.append(f"{path}:missing")
+            continue
+        parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+    return " ".join(parts)
+
+
+def in_sync_key(config: str, running: str, tools: str) -> str:
+    """Hash of (candidate, running config, tools). Both texts may hold the OSPF key: the ledger that
+    keeps this is root-only (0600), and frr.conf holds the key in clear anyway."""
+    digest = hashlib.sha256()
+    for part in (tools, config, running):
+        digest.update(len(part.encode()).to_bytes(8, "big") + part.encode())
+    return digest.hexdigest()
+
+
 @contextmanager
 def candidate_file(config: str) -> Iterator[str]:
     """`config` in a private (0600) temp file: it may hold OSPF keys and BGP passwords."""
@@ -98,6 +132,7 @@ class FrrDriver:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx, self.services = ctx, ctx.services
+        self._verified_key: str | None = None  # of the last full diff that found no delta
 
     # --- tools --------------------------------------------------------------------------------
 
@@ -122,23 +157,38 @@ class FrrDriver:
             out = (proc.stdout + proc.stderr).replace(path, FRR_CONF_PATH)
             raise DriverError(self.name, f"vtysh rejects {FRR_CONF_PATH} (nothing was changed)", out)
 
-    def reload_delta(self, path: str) -> dict[str, list[str]]:
-        """What `frr-reload.py --reload path` would change in the running config."""
-        proc = self._run([FRR_RELOAD, "--test", "--confdir", self._confdir(), path], "frr-reload.py --test")
+    def reload_delta(self, path: str, running: str | None = None) -> dict[str, list[str]]:
+        """What `frr-reload.py --reload path` would change in the running config (or in the
+        `show running-config` text in the file `running`)."""
+        argv = [FRR_RELOAD, "--test", "--confdir", self._confdir(), path]
+        if running is not None:
+            argv[2:2] = ["--input", running]
+        proc = self._run(argv, "frr-reload.py --test")
         if proc.returncode != 0:
             raise DriverError(self.name, "frr-reload.py --test failed", proc.stdout + proc.stderr)
         return parse_reload_test(proc.stdout)
 
     def _candidate_delta(self, config: str) -> dict[str, list[str]]:
-        with candidate_file(config) as path:
+        running = self._show(SHOW_RUNNING)
+        key = in_sync_key(config, running, tools_identity((VTYSH, FRR_RELOAD)))
+        self._verified_key = None
+        if self.ctx.ledger.section(self.name).get("in_sync") == key:
+            return {"delete": [], "add": []}
+        with candidate_file(config) as path, candidate_file(running) as running_path:
             self.check_syntax(path)
-            return self.reload_delta(path)
+            delta = self.reload_delta(path, running_path)
+        if delta == NO_DELTA:
+            self._verified_key = key
+        return delta
 
-    def running_config(self) -> str:
-        proc = self._run([VTYSH, "-c", "show running-config"], "vtysh show running-config")
+    def _show(self, command: str) -> str:
+        proc = self._run([VTYSH, "-c", command], f"vtysh {command}")
         if proc.returncode != 0:
             raise DriverError(self.name, "vtysh cannot read the running config", proc.stdout + proc.stderr)
-        return strip_show_running(proc.stdout)
+        return proc.stdout
+
+    def running_config(self) -> str:
+        return strip_show_running(self._show("show running-config"))
 
     # --- desired ------------------------------------------------------------------------------
 
@@ -249,6 +299,9 @@ class FrrDriver:
         if left:
             detail = self.reload_delta(self._installed())
             raise DriverError(self.name, "still differs after apply: " + ", ".join(left), delta_text(detail))
+        if self._verified_key is not None:  # a later no-op diff of the same state needs one vtysh run
+            self.ctx.ledger.section(self.name)["in_sync"] = self._verified_key
+            self.ctx.ledger.save()
 
     def snapshot(self, desired: DesiredState) -> dict[str, Any]:
         running = self.services.is_active(SERVICE)
