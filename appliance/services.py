@@ -126,6 +126,7 @@ class SystemdServiceManager:
 # --- lab (no systemd) -------------------------------------------------------------------------
 
 FRRINIT = "/usr/lib/frr/frrinit.sh"
+WATCHFRR_SH = "/usr/lib/frr/watchfrr.sh"  # frrcommon.sh's entry point: `start all` starts the daemons
 CHARON = "/usr/lib/ipsec/charon"
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 # watchfrr starts the daemons itself ("restart all") and kills that job after 20 s by default;
@@ -193,6 +194,14 @@ class LabServiceManager:
     def _frrinit(self, action: str) -> None:
         env = dict(os.environ)
         env.setdefault("watchfrr_options", LAB_WATCHFRR_OPTIONS)  # /etc/frr/daemons may still set its own
+        if action in ("start", "restart"):
+            if action == "restart":
+                _check([FRRINIT, "stop"], timeout=self.wait_s, env=env)
+            # The daemons first, under our own deadline, then watchfrr finds them up. Left to
+            # watchfrr ("restart all"), the start is killed after its restart timeout: measured
+            # under TCG on a loaded host even at 240 s, and FRR never came up.
+            _check([WATCHFRR_SH, "start", "all"], timeout=self.wait_s, env=env)
+            action = "start"
         _check([FRRINIT, action], timeout=self.wait_s, env=env)
 
     def _start_charon(self) -> None:
