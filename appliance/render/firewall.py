@@ -2,7 +2,8 @@
 
 `add table; delete table; add table; ...` in one transaction: the delete never fails (the table
 exists by then) and the ruleset is never half-loaded. Every rule carries a comment so that tests
-and `show firewall` can find it; the public drop uses the named counter `public-drop`.
+and `show firewall` can find it; the public drop uses the named counter `public-drop`, the drop of
+VRRP from a source that is no peer the named counter `vrrp-drop`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .spec import FirewallSpec, RenderedFile
 FAMILY = "inet"
 TABLE = "appliance"
 PUBLIC_DROP_COUNTER = "public-drop"
+VRRP_DROP_COUNTER = "vrrp-drop"
 TUNNEL_POLICY_CHAIN = "tunnel-policy"
 NFTABLES_JSON_PATH = "/etc/appliance/nftables.json"  # boot-time restore: nft -j -f <this file>
 NHRP_LOG_SNAPLEN = 128  # lab recipe: nhrpd needs only the headers to send a redirect
@@ -97,6 +99,8 @@ def render_firewall(site: Site) -> FirewallSpec:
     table = {"family": FAMILY, "name": TABLE}
     b.commands += [{"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}}]
     b.add("counter", name=PUBLIC_DROP_COUNTER)
+    if site.vrrp.groups:
+        b.add("counter", name=VRRP_DROP_COUNTER)
     b.chain("input", hook="input")
     b.chain("forward", hook="forward")
     b.chain("output", hook="output")
@@ -165,7 +169,9 @@ def _input_rules(site: Site, b: _Batch) -> None:
 def _vrrp_rules(site: Site, b: _Batch) -> None:
     """VRRP on a LAN only from the configured peers (else from the LAN's subnet).
 
-    Hook for the HA work: authentication-less VRRP is trusted by source address alone."""
+    keepalived 2.2 has no VRRP authentication for v3 (and v2's is plain text): a LAN trusts an
+    advertisement by its source address alone. Dropped ones are counted: a forged or misconfigured
+    router on the LAN shows up in `vrrp-drop` rather than as a silent election."""
     for g in site.vrrp.groups:
         lan = site.lan(g.interface)
         if lan is None:
@@ -181,7 +187,14 @@ def _vrrp_rules(site: Site, b: _Batch) -> None:
             ACCEPT,
         )
     for name in sorted({g.interface for g in site.vrrp.groups}):
-        b.rule("input", f"vrrp-drop-{name}", _iif(name), _eq(_payload("ip", "protocol"), VRRP_PROTOCOL), DROP)
+        b.rule(
+            "input",
+            f"vrrp-drop-{name}",
+            _iif(name),
+            _eq(_payload("ip", "protocol"), VRRP_PROTOCOL),
+            {"counter": VRRP_DROP_COUNTER},
+            DROP,
+        )
 
 
 def _forward_rules(site: Site, b: _Batch) -> None:

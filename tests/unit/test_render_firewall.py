@@ -141,6 +141,19 @@ def test_vrrp_only_from_the_lan_peers(tmp_path: Path) -> None:
     assert list(chain)[-2:] == ["vrrp-lan", "vrrp-drop-eth1"]
 
 
+def test_vrrp_from_other_sources_is_dropped_and_counted(tmp_path: Path) -> None:
+    vrrp = (
+        "ipsec:\n",
+        "vrrp:\n  groups:\n    - {name: lan, interface: eth1, vrid: 10, virtual_addresses: [10.0.1.254/24]}\nipsec:\n",
+    )
+    commands = batch(tmp_path, "spoke1", vrrp)
+    drop = rules(commands, "input")["vrrp-drop-eth1"]["expr"]
+    assert drop[-2:] == [{"counter": "vrrp-drop"}, {"drop": None}]
+    assert {"add": {"counter": {"family": "inet", "table": "appliance", "name": "vrrp-drop"}}} in commands
+    # without VRRP groups there is no counter nobody would ever increment
+    assert not any("vrrp" in json.dumps(c) for c in batch(tmp_path, "spoke1"))
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=example_id)
 def test_nft_accepts_the_batch(example: Path, tmp_path: Path) -> None:
     """`nft --check` parses and validates the batch in the kernel, in a throw-away network namespace."""
