@@ -133,4 +133,12 @@ def prometheus(h: dict[str, Any], counters: dict[str, int]) -> str:
     lines.append("# TYPE appliance_drift_repairs_total counter")
     for subsystem, n in sorted(counters.items()):
         lines.append(f'appliance_drift_repairs_total{{subsystem="{subsystem}"}} {n}')
+    last = h.get("last_repair", {})
+    if last:
+        lines.append("# HELP appliance_drift_last_repair_timestamp_seconds when a subsystem's drift was last repaired")
+        lines.append("# TYPE appliance_drift_last_repair_timestamp_seconds gauge")
+        for subsystem, times in sorted(last.items()):
+            lines.append(
+                f'appliance_drift_last_repair_timestamp_seconds{{subsystem="{subsystem}"}} {times["repaired"]:.3f}'
+            )
     return "\n".join(lines) + "\n"

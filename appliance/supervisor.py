@@ -56,6 +56,8 @@ class Supervisor:
         self.state, self.make_drivers, self.read_health, self.log = state, make_drivers, read_health, log
         self.health_path = health_path
         self.repairs: dict[str, int] = {}
+        # subsystem -> {"detected", "repaired"}: wall-clock times of its last repair (how long one takes)
+        self.last_repair: dict[str, dict[str, float]] = {}
         self.last: dict[str, Any] = {}
         self._cached: tuple[int, DesiredState] | None = None
 
@@ -83,7 +85,14 @@ class Supervisor:
                 note = f"drift repair failed: {e}"
                 self.log(note)
         snapshot = self.read_health(desired) if desired is not None else {"healthy": False, "problems": [note]}
-        snapshot.update({"repaired": repaired, "note": note, "repairs_total": dict(self.repairs)})
+        snapshot.update(
+            {
+                "repaired": repaired,
+                "note": note,
+                "repairs_total": dict(self.repairs),
+                "last_repair": {name: dict(times) for name, times in self.last_repair.items()},
+            }
+        )
         self.last = snapshot
         atomic_write(self.health_path, json.dumps(snapshot, indent=1, sort_keys=True) + "\n", mode=0o644)
         return snapshot
@@ -101,6 +110,7 @@ class Supervisor:
                     drifted[d.name] = changes
             if not drifted:
                 return []
+            detected = time.time()
             for name, changes in drifted.items():
                 found = "; ".join(c.description for c in changes)
                 self.log(redactor.text(f"drift in {name}: {found}"))
@@ -115,8 +125,10 @@ class Supervisor:
                 record=False,
             )
         names = [name for name, cs in result.plan.changes.items() if cs]
+        done = time.time()
         for name in names:
             self.repairs[name] = self.repairs.get(name, 0) + 1
+            self.last_repair[name] = {"detected": detected, "repaired": done}
         self.log(f"repaired {', '.join(names)}")
         return names
 

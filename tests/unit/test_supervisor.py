@@ -59,6 +59,10 @@ def test_drift_in_one_subsystem_is_repaired_there_only(tmp_path: Path) -> None:
     assert "drift in firewall: set firewall to new" in logged
     assert sup.repairs == {"firewall": 1}
     assert [g.number for g in state.generations()] == [1]  # a repair is no new generation
+    times = snap["last_repair"]["firewall"]
+    assert set(snap["last_repair"]) == {"firewall"} and times["detected"] <= times["repaired"]
+    text = health.prometheus(snap, sup.repairs)
+    assert f'appliance_drift_last_repair_timestamp_seconds{{subsystem="firewall"}} {times["repaired"]:.3f}' in text
 
 
 def test_no_repair_while_an_apply_holds_the_lock(tmp_path: Path) -> None:
