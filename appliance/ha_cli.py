@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import health, services, status
+from . import health, nhrp_repair, services, status
 from .drivers.base import Context
 from .engine import build_drivers
 from .files import atomic_write
@@ -34,7 +34,13 @@ def cmd_supervise(args: argparse.Namespace) -> int:
     def read_health(desired):
         return health.collect(desired.role, desired.netlink.tunnel.name)
 
-    supervisor = Supervisor(state, make_drivers, read_health, log)
+    def repair_neighbours(desired):
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            return nhrp_repair.repair_neighbours(desired.netlink.tunnel.name, lambda: status.dmvpn()["cache"], ipr)
+
+    supervisor = Supervisor(state, make_drivers, read_health, log, repair_neighbours=repair_neighbours)
     server = serve_metrics(supervisor, args.listen, args.port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

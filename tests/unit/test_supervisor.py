@@ -126,3 +126,48 @@ def test_ledger_is_what_drivers_get(tmp_path: Path) -> None:
     sup.make_drivers = lambda ledger: seen.append(ledger) or drivers
     sup.tick()
     assert isinstance(seen[0], Ledger)
+
+
+class FakeNeighbourTable:
+    """pyroute2 IPRoute's neighbour calls, on a dict {overlay: lladdr}."""
+
+    class Msg(dict):
+        def get_attr(self, name):
+            return self.get(name)
+
+    def __init__(self, entries: dict[str, str]) -> None:
+        self.entries, self.calls = dict(entries), []
+
+    def link_lookup(self, ifname):
+        return [7] if ifname == "dmvpn0" else []
+
+    def get_neighbours(self, ifindex):
+        return [self.Msg(NDA_DST=dst, NDA_LLADDR=ll) for dst, ll in self.entries.items()]
+
+    def neigh(self, command, **kw):
+        self.calls.append((command, kw))
+        self.entries[kw["dst"]] = kw["lladdr"]
+
+
+def test_neighbours_nhrpd_left_at_0000_are_rewritten_from_its_cache() -> None:
+    from appliance.nhrp_repair import repair_neighbours
+
+    table = FakeNeighbourTable({"172.16.0.11": "0.0.0.0", "172.16.0.12": "198.51.100.6", "ff02::16": "0.0.0.0"})
+    cache = [
+        {"type": "dynamic", "protocol": "172.16.0.11", "nbma": "198.51.100.2"},
+        {"type": "dynamic", "protocol": "172.16.0.12", "nbma": "198.51.100.6"},
+        {"type": "local", "protocol": "172.16.0.1", "nbma": "192.0.2.2"},
+    ]
+    asked = []
+    fixed = repair_neighbours("dmvpn0", lambda: asked.append(1) or cache, table)
+    assert fixed == ["172.16.0.11 -> 198.51.100.2"]
+    assert table.calls == [("replace", {"dst": "172.16.0.11", "lladdr": "198.51.100.2", "ifindex": 7, "state": 2})]
+    # a healthy table costs no question to nhrpd
+    assert repair_neighbours("dmvpn0", lambda: asked.append(1) or cache, table) == [] and len(asked) == 1
+
+
+def test_a_round_reports_the_neighbour_repair(tmp_path: Path) -> None:
+    sup, *_ = setup(tmp_path)
+    sup.repair_neighbours = lambda desired: ["172.16.0.11 -> 198.51.100.2"]
+    snap = sup.tick()
+    assert snap["repaired"] == ["nhrp-neighbours"] and sup.repairs["nhrp-neighbours"] == 1
