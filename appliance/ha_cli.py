@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import signal
 import sys
 import syslog
@@ -16,7 +18,9 @@ from .drivers.base import Context
 from .engine import build_drivers
 from .files import atomic_write
 from .generations import STATE_DIR, StateDir
-from .supervisor import METRICS_PORT, Supervisor, serve_metrics
+from .supervisor import HEALTH_PATH, METRICS_PORT, Supervisor, serve_metrics
+
+SUPERVISOR_LOCK = HEALTH_PATH.parent / "supervisor.lock"
 
 
 def log(message: str) -> None:
@@ -25,6 +29,14 @@ def log(message: str) -> None:
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
+    # one supervisor per box: a second one (by hand, or a test) says so and leaves
+    SUPERVISOR_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(SUPERVISOR_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("appliance supervise: another supervisor is running on this box", file=sys.stderr)
+        return 1
     state = StateDir(args.state_dir)
     manager = services.for_environment()
 

@@ -35,6 +35,13 @@ LOG_FILES = ("/var/log/syslog", "/var/log/frr/*.log", "/run/charon.stdout", "/ru
 Progress = Callable[[str], None]
 
 
+# as appliance-supervisor.service on a box; setsid and redirections: it must outlive the exec
+SUPERVISE = (
+    f"APPLIANCE_SERVICE_MANAGER=lab setsid {APPLIANCE} supervise --interval 5"
+    " >>/var/log/appliance-supervisor.log 2>&1 </dev/null &"
+)
+
+
 @dataclass
 class NodeResult:
     name: str
@@ -302,6 +309,8 @@ class Lab:
                 if result.ok:
                     node.apply = "ok"
                     progress(f"  {name}: applied in {took:.1f} s")
+                    if topology.model.supervise:
+                        self._check(name, ["sh", "-c", SUPERVISE], "starting appliance supervise")
                 else:
                     node.apply = f"FAILED (exit {result.rc})"
                     node.detail = self._redact(result.output) + "\n" + self.logs(name, 30)

@@ -88,6 +88,9 @@ class Link(Strict):
 
 class TopologyModel(Strict):
     name: NodeName | None = None
+    # Run `appliance supervise` in every router after its apply, as appliance-supervisor.service
+    # does on a box (health, drift repair). Off by default: tests of apply itself want no repairs.
+    supervise: bool = False
     nodes: Annotated[dict[NodeName, Node], Field(min_length=1)]
     links: list[Link] = []
 
