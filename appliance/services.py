@@ -34,6 +34,7 @@ class ServiceManager(Protocol):
     def is_active(self, name: str) -> bool: ...
     def main_pid(self, name: str) -> int | None: ...
     def enable(self, name: str) -> None: ...
+    def disable(self, name: str) -> None: ...
     def is_enabled(self, name: str) -> bool: ...
     def schedule(self, name: str, delay_s: int, argv: Sequence[str]) -> str: ...
     def cancel(self, name: str) -> None: ...
@@ -108,6 +109,9 @@ class SystemdServiceManager:
 
     def enable(self, name: str) -> None:
         _check(["systemctl", "enable", "--quiet", name])
+
+    def disable(self, name: str) -> None:
+        _check(["systemctl", "disable", "--now", "--quiet", name])
 
     def is_enabled(self, name: str) -> bool:
         return _run(["systemctl", "is-enabled", "--quiet", name]).returncode == 0
@@ -269,6 +273,9 @@ class LabServiceManager:
 
     def enable(self, name: str) -> None:
         """Nothing starts a lab node at boot: the lab re-runs apply instead."""
+
+    def disable(self, name: str) -> None:
+        """No unit is enabled in a lab node, so none needs disabling."""
 
     def is_enabled(self, name: str) -> bool:
         return True

@@ -14,6 +14,7 @@ PRODUCT=(
   keepalived                                # VRRP
   nftables python3-nftables                 # firewall through the JSON API
   iproute2 iputils-ping kmod procps         # diagnostics, modprobe, sysctl
+  netbase                                   # /etc/protocols: nft resolves "esp", "gre" by name
   python3 python3-venv                      # the appliance's virtualenv (--system-site-packages)
 )
 LAB=(

@@ -29,6 +29,7 @@ from .base import (
 
 HOSTNAME_PATH = "/etc/hostname"
 TIMESYNCD_UNIT = "systemd-timesyncd"
+STARTER_UNIT = "strongswan-starter"
 # The running hostname (of this UTS namespace): what sethostname(2) sets, read and written through
 # ctx.root so that an apply into a root directory never renames the machine it runs on.
 KERNEL_HOSTNAME = "/proc/sys/kernel/hostname"
@@ -242,18 +243,35 @@ class ServicesDriver:
         return units
 
     def diff(self, desired: DesiredState) -> list[Change]:
-        return [
+        changes = [
             Change(self.name, CREATE, "unit", u, f"enable {u} at boot", payload=u)
             for u in self.wanted(desired)
             if not self.manager.is_enabled(u)
         ]
+        # Debian's strongswan-charon pulls in strongswan-starter, enabled: a second charon beside
+        # strongswan.service, fighting over UDP 500/4500 and the kernel's policies.
+        if getattr(self.manager, "kind", "") == "systemd" and (
+            self.manager.is_enabled(STARTER_UNIT) or self.manager.is_active(STARTER_UNIT)
+        ):
+            changes.append(
+                Change(
+                    self.name,
+                    REMOVE,
+                    "unit",
+                    STARTER_UNIT,
+                    f"disable and stop {STARTER_UNIT} (a second charon)",
+                    payload=STARTER_UNIT,
+                )  # fmt: skip
+            )
+        return changes
 
     def apply(self, changes: list[Change]) -> None:
         for c in changes:
+            verb = "disable" if c.action == REMOVE else "enable"
             try:
-                self.manager.enable(c.payload)
+                getattr(self.manager, verb)(c.payload)
             except Exception as e:
-                raise DriverError(self.name, f"cannot enable {c.payload}", str(e)) from None
+                raise DriverError(self.name, f"cannot {verb} {c.payload}", str(e)) from None
 
     def verify(self, desired: DesiredState) -> None:
         down = [u for u in self.wanted(desired) if not self.manager.is_active(u)]

@@ -291,3 +291,22 @@ def test_ntp_servers_become_a_timesyncd_drop_in_and_go_away_with_them(tmp_path: 
     drv.apply(plan)
     assert not (root / TIMESYNCD_PATH.lstrip("/")).exists()
     assert services.restarted == ["systemd-timesyncd", "systemd-timesyncd"]
+
+
+def test_a_second_charon_from_strongswan_starter_is_disabled_on_systemd(tmp_path: Path) -> None:
+    class SystemdServices(FakeServices):
+        kind = "systemd"
+
+        def disable(self, name: str) -> None:
+            self.enabled.discard(name)
+            self.active.discard(name)
+
+    services = SystemdServices(enabled={"frr", "strongswan", "strongswan-starter"}, active={"strongswan-starter"})
+    drv = ServicesDriver(context(tmp_path, services))
+    plan = drv.diff(HUB)
+    assert [(c.action, c.description) for c in plan] == [
+        ("remove", "disable and stop strongswan-starter (a second charon)")
+    ]
+    drv.apply(plan)
+    assert "strongswan-starter" not in services.enabled | services.active
+    assert drv.diff(HUB) == []
