@@ -18,9 +18,16 @@ from .topology import HostNode, InternetNode, LinuxNode, RouterNode, SwitchNode,
 
 NODE_ROOT = "/run/lab"  # per-node directories in the VM; NODE_ROOT/ns holds the namespaces
 GUEST_BUILD = Path(__file__).resolve().parent / "guest" / "build.py"
-# Loaded before the build; everything else (GRE, ESP, nftables, NAT) the kernel loads on first use
-# (request_module): loading 18 modules up front cost seconds of every boot under TCG.
-MODULES = ["veth", "dummy"]
+# Loaded before the build. The kernel would load the data plane's modules on first use
+# (request_module), but measured under TCG on two busy cores: the ESP/GCM crypto modules came
+# minutes after charon's first SA, which the kernel refused meanwhile (ENOSYS: "unable to add SAD
+# entry"), and every apply timed out. So: everything a router uses, once, while nodes are built.
+MODULES = [
+    "veth", "dummy", "bridge",
+    "ip_gre", "esp4", "xfrm_user", "gcm", "ghash_generic", "seqiv", "ctr", "drbg",
+    "nf_tables", "nft_ct", "nft_limit", "nft_log", "nft_masq", "nft_chain_nat", "nft_objref",
+    "nfnetlink_log", "nf_nat",
+]  # fmt: skip
 
 
 def has_private_dirs(spec: object) -> bool:
