@@ -1,4 +1,5 @@
-"""keepalived: /etc/keepalived/keepalived.conf, checked with `keepalived -t` before it is installed.
+"""keepalived: /etc/keepalived/keepalived.conf, checked with `keepalived -t` before it is installed,
+and the tunnel check script its groups with `track_tunnel` run.
 
 keepalived re-reads its file on SIGHUP (`ctx.services.reload`), keeping the state of instances
 whose configuration did not change. The ledger remembers that the appliance configured keepalived
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..render.spec import DesiredState, RenderedFile
-from ..render.vrrp import KEEPALIVED_CONF_PATH
+from ..render.vrrp import KEEPALIVED_CONF_PATH, TUNNEL_CHECK_PATH, render_vrrp_files
 from .base import (
     CHANGE,
     CREATE,
@@ -35,6 +36,7 @@ from .base import (
 
 SERVICE = "keepalived"
 SUBSYSTEM = "vrrp"
+PATHS = (KEEPALIVED_CONF_PATH, TUNNEL_CHECK_PATH)
 
 
 def config_hash(text: str) -> str:
@@ -69,26 +71,28 @@ class VrrpDriver:
         self.ctx, self.services, self.config_test = ctx, ctx.services, config_test
 
     def claims(self, desired: DesiredState) -> set[str]:
-        return {KEEPALIVED_CONF_PATH}
+        return set(PATHS)
 
     @staticmethod
-    def _file(desired: DesiredState) -> RenderedFile | None:
-        if desired.vrrp.config is None:
-            return None
-        return find_file(desired, KEEPALIVED_CONF_PATH) or RenderedFile(KEEPALIVED_CONF_PATH, desired.vrrp.config)
+    def _files(desired: DesiredState) -> list[RenderedFile]:
+        """keepalived.conf first, then the tunnel check when a group tracks the tunnel."""
+        return [find_file(desired, f.path) or f for f in render_vrrp_files(desired.vrrp)]
 
     def _ledger(self) -> dict[str, Any]:
         return self.ctx.ledger.section(SUBSYSTEM)
 
     def diff(self, desired: DesiredState) -> list[Change]:
-        wanted = self._file(desired)
+        files = self._files(desired)
         active = self.services.is_active(SERVICE)
-        if wanted is None:
+        if not files:
             return self._removal(active)
-        changes: list[Change] = []
-        write = file_change(self.ctx, self.name, wanted)
-        if write is not None:
-            changes.append(write)
+        wanted = files[0]
+        changes: list[Change] = [c for c in (file_change(self.ctx, self.name, f) for f in files) if c is not None]
+        write = next((c for c in changes if c.name == KEEPALIVED_CONF_PATH), None)
+        if len(files) == 1 and self._ledger().get("configured") and self.ctx.path(TUNNEL_CHECK_PATH).exists():
+            changes.append(
+                Change(self.name, REMOVE, "file", TUNNEL_CHECK_PATH, f"remove {TUNNEL_CHECK_PATH}", payload=None)
+            )
         if not active:
             changes.append(Change(self.name, CREATE, "daemon", SERVICE, "start keepalived", payload=("start", wanted)))
         elif write is not None or self._ledger().get("loaded") != config_hash(wanted.content):
@@ -114,28 +118,31 @@ class VrrpDriver:
                     payload=("stop", None),
                 )  # fmt: skip
             )
-        if self.ctx.path(KEEPALIVED_CONF_PATH).exists():
-            changes.append(
-                Change(self.name, REMOVE, "file", KEEPALIVED_CONF_PATH, f"remove {KEEPALIVED_CONF_PATH}", payload=None)
-            )
+        for path in PATHS:
+            if self.ctx.path(path).exists():
+                changes.append(Change(self.name, REMOVE, "file", path, f"remove {path}", payload=None))
         if not changes:  # nothing left but the ledger entry
             changes.append(Change(self.name, REMOVE, "ledger", SERVICE, "forget keepalived", payload=("forget", None)))
         return changes
 
     def apply(self, changes: list[Change]) -> None:
-        for c in changes:
-            if c.kind == "file" and c.action != REMOVE:
-                self.config_test(c.payload.content)  # nothing is installed when keepalived rejects it
-                self.ctx.ledger.section(SUBSYSTEM)["configured"] = True  # write-ahead
-                self.ctx.ledger.save()
-                write_rendered(self.ctx, c.payload)
+        writes = [c for c in changes if c.kind == "file" and c.action != REMOVE]
+        if writes:
+            self.ctx.ledger.section(SUBSYSTEM)["configured"] = True  # write-ahead
+            self.ctx.ledger.save()
+        # The tunnel check first: keepalived -t disables a track script it cannot find. Then
+        # keepalived.conf, only once keepalived accepts it.
+        for c in sorted(writes, key=lambda c: c.name == KEEPALIVED_CONF_PATH):
+            if c.name == KEEPALIVED_CONF_PATH:
+                self.config_test(c.payload.content)  # nothing of it is installed when keepalived rejects it
+            write_rendered(self.ctx, c.payload)
         for c in changes:
             if c.kind == "daemon":
                 self._daemon(c.payload[0], c.payload[1])
         for c in changes:
             if c.kind == "file" and c.action == REMOVE:
-                self.ctx.path(KEEPALIVED_CONF_PATH).unlink(missing_ok=True)
-        if any(c.action == REMOVE for c in changes):
+                self.ctx.path(c.name).unlink(missing_ok=True)
+        if any(c.action == REMOVE and c.name != TUNNEL_CHECK_PATH for c in changes):  # keepalived is gone
             self.ctx.ledger.replace_section(SUBSYSTEM, {})
 
     def _daemon(self, verb: str, wanted: RenderedFile | None) -> None:
@@ -153,13 +160,15 @@ class VrrpDriver:
 
     def snapshot(self, desired: DesiredState) -> dict[str, Any]:
         return {
-            "files": file_snapshot(self.ctx, [KEEPALIVED_CONF_PATH]),
+            "files": file_snapshot(self.ctx, PATHS),
             "active": self.services.is_active(SERVICE),
             "ledger": dict(self._ledger()),
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
-        changed = file_snapshot(self.ctx, [KEEPALIVED_CONF_PATH]) != snapshot["files"]
+        changed = file_snapshot(self.ctx, [KEEPALIVED_CONF_PATH]) != {
+            KEEPALIVED_CONF_PATH: snapshot["files"].get(KEEPALIVED_CONF_PATH)
+        }
         file_restore(self.ctx, snapshot["files"])
         active = self.services.is_active(SERVICE)
         try:

@@ -126,6 +126,8 @@ class FrrSpec:
 @dataclass(frozen=True)
 class VrrpSpec:
     config: str | None  # keepalived.conf; None when the site has no VRRP group
+    tunnel_check: str | None = None  # the tunnel check script (`appliance check-tunnel` runs it too)
+    track_tunnel: bool = False  # a group tracks the tunnel: keepalived runs the script
 
 
 @dataclass(frozen=True)

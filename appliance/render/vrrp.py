@@ -1,4 +1,5 @@
-"""keepalived.conf: one VRRP instance per group, from templates/keepalived.conf.j2."""
+"""keepalived.conf: one VRRP instance per group, from templates/keepalived.conf.j2, and the tunnel
+check keepalived runs for groups with `track_tunnel` (templates/appliance-check-tunnel.j2)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from .spec import RenderedFile, VrrpSpec
 
 KEEPALIVED_CONF_PATH = "/etc/keepalived/keepalived.conf"
 TUNNEL_SCRIPT = "chk_dmvpn_tunnel"
-# Commands the supervisor provides; keepalived runs them with a minimal environment.
-TUNNEL_CHECK_COMMAND = "/usr/bin/env appliance check-tunnel"
+# A shell script, not `appliance check-tunnel` itself: keepalived runs it every 2 s (see the template).
+TUNNEL_CHECK_PATH = "/etc/keepalived/appliance-check-tunnel"
 # keepalived appends: "GROUP"|"INSTANCE" <name> <state> <priority>
 NOTIFY_COMMAND = "/usr/bin/env appliance vrrp-notify"
 
@@ -19,10 +20,16 @@ def _advert_int(g: VrrpGroup) -> str:
     return f"{g.advert_interval:.2f}".rstrip("0").rstrip(".") if g.version == 3 else str(int(g.advert_interval))
 
 
+def render_tunnel_check(site: Site) -> str:
+    """The shell script that exits 0 while the tunnel carries traffic (rendered for every site)."""
+    return template("appliance-check-tunnel.j2").render(tunnel=site.dmvpn.tunnel.name, spoke=site.role == "spoke")
+
+
 def render_vrrp(site: Site) -> VrrpSpec:
     groups = site.vrrp.groups
+    tunnel_check = render_tunnel_check(site)
     if not groups:
-        return VrrpSpec(config=None)
+        return VrrpSpec(config=None, tunnel_check=tunnel_check)
     view = []
     for g in groups:
         lan = site.lan(g.interface)
@@ -48,13 +55,17 @@ def render_vrrp(site: Site) -> VrrpSpec:
         groups=view,
         track_tunnel=any(g.track_tunnel for g in groups),
         tunnel_script=TUNNEL_SCRIPT,
-        tunnel_check_command=TUNNEL_CHECK_COMMAND,
+        tunnel_check_command=TUNNEL_CHECK_PATH,
         notify_command=NOTIFY_COMMAND,
     )
-    return VrrpSpec(config=config)
+    return VrrpSpec(config=config, tunnel_check=tunnel_check, track_tunnel=any(g.track_tunnel for g in groups))
 
 
 def render_vrrp_files(spec: VrrpSpec) -> tuple[RenderedFile, ...]:
     if spec.config is None:
         return ()
-    return (RenderedFile(KEEPALIVED_CONF_PATH, spec.config),)
+    files = (RenderedFile(KEEPALIVED_CONF_PATH, spec.config),)
+    if spec.track_tunnel and spec.tunnel_check is not None:
+        # keepalived's script security: root-owned, writable by root only
+        files += (RenderedFile(TUNNEL_CHECK_PATH, spec.tunnel_check, 0o755),)
+    return files

@@ -16,7 +16,7 @@ from appliance.drivers.vrrp import VrrpDriver, config_hash, keepalived_config_te
 from appliance.model.schema import Vrrp, VrrpGroup
 from appliance.model.validate import load_site
 from appliance.render import render_site
-from appliance.render.vrrp import KEEPALIVED_CONF_PATH
+from appliance.render.vrrp import KEEPALIVED_CONF_PATH, TUNNEL_CHECK_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"DMVPN_PSK": "vrrp-test-psk-0123456789abcdef", "OSPF_KEY": "md5-vrrp-key", "BGP_PASSWORD": "bgp-vrrp-pw"}
@@ -201,8 +201,22 @@ def test_site_without_groups_leaves_a_foreign_keepalived_alone(ctx):
     assert driver.diff(without_vrrp()) == []
 
 
-def test_claims_the_keepalived_file(ctx):
-    assert VrrpDriver(ctx).claims(desired()) == {KEEPALIVED_CONF_PATH}
+def test_claims_the_keepalived_file_and_the_tunnel_check(ctx):
+    assert VrrpDriver(ctx).claims(desired()) == {KEEPALIVED_CONF_PATH, TUNNEL_CHECK_PATH}
+
+
+def test_tunnel_check_is_installed_while_a_group_tracks_the_tunnel(ctx):
+    tracked = render_site(site_with_vrrp(ROOT / "examples/hub.yaml", variant=1))
+    driver = VrrpDriver(ctx, config_test=RecordingConfigTest())
+    apply_all(driver, tracked)
+    script = ctx.path(TUNNEL_CHECK_PATH)
+    assert script.read_text() == tracked.vrrp.tunnel_check
+    assert stat.S_IMODE(script.stat().st_mode) == 0o755  # keepalived runs it; script security: root-writable only
+    assert f'script "{TUNNEL_CHECK_PATH}"' in conf(ctx).read_text()
+    apply_all(driver, desired())  # tracking turned off: the script goes, keepalived stays configured
+    assert not script.exists()
+    assert Ledger(ctx.ledger.path).section("vrrp")["configured"] is True
+    assert driver.diff(desired()) == []
 
 
 def test_restore_brings_back_the_previous_file_and_reloads(ctx):
@@ -247,12 +261,15 @@ needs_keepalived = pytest.mark.skipif(
     reason="needs keepalived and root (a private network namespace holds the LAN interfaces)",
 )
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
 
 
-def config_test_in_netns(config: str, interfaces: list[str]) -> str:
+def config_test_in_netns(config: str, interfaces: list[str], tunnel_check: str | None = None) -> str:
     """Run keepalived_config_test in a child in a new network namespace holding `interfaces`.
 
-    keepalived -t fails on an interface that does not exist; the host has no eth1, a box has.
+    keepalived -t fails on an interface that does not exist; the host has no eth1, a box has. It
+    also disables a track script it cannot find: `tunnel_check` is installed in a private mount
+    namespace, as the driver installs it before the test.
     Returns "" when keepalived accepts the config, else the DriverError text.
     """
     r, w = os.pipe()
@@ -261,8 +278,13 @@ def config_test_in_netns(config: str, interfaces: list[str]) -> str:
         result = b"internal error"
         try:
             os.close(r)
-            if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+            if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET | CLONE_NEWNS) != 0:
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET | CLONE_NEWNS)")
+            if tunnel_check is not None:
+                subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+                subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(Path(TUNNEL_CHECK_PATH).parent)], check=True)
+                Path(TUNNEL_CHECK_PATH).write_text(tunnel_check)
+                Path(TUNNEL_CHECK_PATH).chmod(0o755)
             for name in sorted(set(interfaces)):
                 subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
                 subprocess.run(["ip", "link", "set", name, "up"], check=True)
@@ -288,10 +310,10 @@ def config_test_in_netns(config: str, interfaces: list[str]) -> str:
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_keepalived_accepts_each_example_with_vrrp_groups(example, variant):
     site = site_with_vrrp(example, variant)
-    config = render_site(site).vrrp.config
-    assert config is not None and config.count("vrrp_instance ") == 1 + variant % 2
+    spec = render_site(site).vrrp
+    assert spec.config is not None and spec.config.count("vrrp_instance ") == 1 + variant % 2
     interfaces = [site.interfaces.public.name, *(lan.name for lan in site.interfaces.lan)]
-    assert config_test_in_netns(config, interfaces) == ""
+    assert config_test_in_netns(spec.config, interfaces, spec.tunnel_check) == ""
 
 
 @needs_keepalived

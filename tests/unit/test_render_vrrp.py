@@ -10,7 +10,7 @@ import pytest
 from example_sites import example_text, load_text
 
 from appliance.render.jinja import template
-from appliance.render.vrrp import render_vrrp, render_vrrp_files
+from appliance.render.vrrp import TUNNEL_CHECK_PATH, render_vrrp, render_vrrp_files
 
 TWO_GROUPS = (
     "ipsec:\n",
@@ -65,9 +65,63 @@ def test_v2_whole_seconds_and_no_preempt(tmp_path: Path) -> None:
 
 
 def test_tunnel_check_script_only_when_a_group_tracks_the_tunnel(tmp_path: Path) -> None:
-    assert 'script "/usr/bin/env appliance check-tunnel"' in config(tmp_path, TWO_GROUPS)
+    tracked = render_vrrp(load_text(example_text("spoke1", TWO_GROUPS), tmp_path).site)
+    assert f'script "{TUNNEL_CHECK_PATH}"' in tracked.config
+    script = render_vrrp_files(tracked)[1]
+    assert (script.path, script.mode, script.content) == (TUNNEL_CHECK_PATH, 0o755, tracked.tunnel_check)
     untracked = (TWO_GROUPS[0], TWO_GROUPS[1].replace(" track_tunnel: true,", ""))
     assert "vrrp_script" not in config(tmp_path, untracked)
+    assert [
+        f.path for f in render_vrrp_files(render_vrrp(load_text(example_text("spoke1", untracked), tmp_path).site))
+    ] == ["/etc/keepalived/keepalived.conf"]
+
+
+# `swanctl --list-sas` as strongSwan 5.9 prints it: IKE SAs in column 0, their CHILD_SAs indented
+SAS_UP = """dmvpn: #3, ESTABLISHED, IKEv2, 1e0c3e6a8f0b2c4d_i* 9a8b7c6d5e4f3a2b_r
+  local  '198.51.100.10' @ 198.51.100.10[500]
+  remote '192.0.2.2' @ 192.0.2.2[500]
+  AES_GCM_16-256/PRF_HMAC_SHA2_256/ECP_256
+  established 12s ago, rekeying in 27000s
+  dmvpn: #1, reqid 1, INSTALLED, TRANSPORT, ESP:AES_GCM_16-256
+    installed 12s ago, rekeying in 3300s, expires in 3900s
+    local  198.51.100.10/32[gre]
+    remote 192.0.2.2/32[gre]
+"""
+SAS_NO_CHILD = SAS_UP.split("  dmvpn: #1")[0]
+SAS_CONNECTING = "dmvpn: #4, CONNECTING, IKEv2, 1e0c3e6a8f0b2c4d_i* 0000000000000000_r\n" + SAS_UP.split("\n", 1)[
+    1
+].replace("dmvpn: #1", "dmvpn: #2").replace("\n  established 12s ago, rekeying in 27000s", "")
+
+
+@pytest.mark.parametrize(
+    "role, link_up, sas, ok",
+    [
+        ("spoke1", True, SAS_UP, True),
+        ("spoke1", False, SAS_UP, False),  # tunnel interface down (or deleted)
+        ("spoke1", True, "", False),  # charon gone: no SA
+        ("spoke1", True, SAS_NO_CHILD, False),  # IKE up, no CHILD_SA installed
+        ("spoke1", True, SAS_CONNECTING + SAS_NO_CHILD, False),  # an installed child only under an SA not up
+        ("hub", True, "", True),  # a hub carries traffic without an SA of its own
+        ("hub", False, "", False),
+    ],
+)
+def test_tunnel_check_script_verdicts(tmp_path: Path, role: str, link_up: bool, sas: str, ok: bool) -> None:
+    """The rendered script run by /bin/sh, with `ip` and `swanctl` replaced by ones printing fixed output."""
+    check = render_vrrp(load_text(example_text(role), tmp_path).site).tunnel_check
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    up_line = "5: dmvpn0@eth0: <NOARP,UP,LOWER_UP> mtu 1400 qdisc noqueue state UNKNOWN" if link_up else ""
+    (tools / "ip").write_text(f"#!/bin/sh\nprintf '%s' '{up_line}'\n")
+    (tools / "swanctl").write_text(f"#!/bin/sh\ncat <<'EOF'\n{sas}EOF\n")
+    for tool in tools.iterdir():
+        tool.chmod(0o755)
+    script = tmp_path / "check"
+    script.write_text(check)
+    proc = subprocess.run(
+        ["/bin/sh", str(script)], env={"PATH": f"{tools}:/usr/bin:/bin"}, capture_output=True, text=True, check=False
+    )
+    assert (proc.returncode == 0) == ok, proc.stderr
+    assert ok or proc.stderr.strip() in ("tunnel dmvpn0 is down", "no IPsec SA to a hub")
 
 
 def test_templates_fail_on_an_undefined_variable() -> None:
@@ -79,14 +133,19 @@ def test_templates_fail_on_an_undefined_variable() -> None:
 
 
 def test_keepalived_accepts_the_config(tmp_path: Path) -> None:
-    """keepalived's own config test, in a throw-away network namespace holding the site's interfaces."""
+    """keepalived's own config test, in throw-away network and mount namespaces holding the site's
+    interfaces and the tunnel check (keepalived disables a track script it cannot find)."""
+    spec = render_vrrp(load_text(example_text("spoke1", TWO_GROUPS), tmp_path).site)
     conf = tmp_path / "keepalived.conf"
-    conf.write_text(config(tmp_path, TWO_GROUPS))
+    conf.write_text(spec.config)
+    check = tmp_path / "check"
+    check.write_text(spec.tunnel_check)
     script = (
         "ip link add eth0 type veth peer name eth0-peer && ip link add eth1 type veth peer name eth1-peer && "
-        f"keepalived --config-test -f {conf}"
+        f"mount --make-rprivate / && mount -t tmpfs tmpfs {Path(TUNNEL_CHECK_PATH).parent} && "
+        f"install -m 0755 {check} {TUNNEL_CHECK_PATH} && keepalived --config-test -f {conf}"
     )
     r = subprocess.run(
-        ["unshare", "--net", "sh", "-c", script], capture_output=True, text=True, timeout=30, check=False
+        ["unshare", "--net", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=30, check=False
     )
     assert r.returncode == 0, r.stdout + r.stderr
