@@ -20,6 +20,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="leave the last lab VM up after the session (appliance lab exec/down by hand)",
     )
+    parser.addoption(
+        "--lab-reuse",
+        action="store_true",
+        default=False,
+        help="while iterating: use a running lab of the same topology as it is (implies --lab-keep)",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,8 @@ from appliance.lab.lab import Lab, UpReport
 from appliance.lab.topology import load_topology
 
 REPO = Path(__file__).resolve().parents[2]
+# Written, not yet seen passing in the lab VM: not collected (see pending/README.md).
+collect_ignore = ["pending"]
 EXAMPLE_LAB = REPO / "examples" / "lab.yaml"
 
 
@@ -79,9 +81,9 @@ class RunningLab:
 class LabManager:
     """The session's one lab VM."""
 
-    def __init__(self, keep: bool) -> None:
+    def __init__(self, keep: bool, reuse: bool = False) -> None:
         self.current: RunningLab | None = None
-        self.keep = keep
+        self.keep, self.reuse = keep, reuse
 
     def up(self, topology_path: Path, apply: bool = True, **options: Any) -> RunningLab:
         key = (apply, tuple(sorted(options.items())))
@@ -90,7 +92,10 @@ class LabManager:
         self.down()
         topology = load_topology(topology_path)
         stale = Lab(topology.name)
-        if stale.client.running():  # left over by an interrupted session
+        if stale.client.running():  # left over by an interrupted or --lab-keep session
+            if self.reuse and stale.topology_info.get("topology") == str(topology.path):
+                self.current = RunningLab(stale, UpReport(topology.name, 0, 0, 0), topology_path, key)
+                return self.current
             stale.down(progress=lambda _: None)
         lines: list[str] = []
         try:
@@ -114,7 +119,8 @@ class LabManager:
 
 @pytest.fixture(scope="session")
 def lab_manager(request: pytest.FixtureRequest):
-    manager = LabManager(keep=request.config.getoption("--lab-keep"))
+    reuse = request.config.getoption("--lab-reuse")
+    manager = LabManager(keep=request.config.getoption("--lab-keep") or reuse, reuse=reuse)
     yield manager
     if not manager.keep:
         manager.down()
@@ -130,3 +136,13 @@ def lab_factory(lab_manager: LabManager) -> Callable[..., RunningLab]:
 def lab(lab_factory: Callable[..., RunningLab]) -> RunningLab:
     """examples/lab.yaml, every router applied."""
     return lab_factory(EXAMPLE_LAB)
+
+
+@pytest.fixture(scope="module")
+def core(lab_factory: Callable[..., RunningLab]) -> RunningLab:
+    """tests/lab/topologies/core.yaml, every router applied, OSPF Full on the hub with its three spokes."""
+    from dmvpn import TOPOLOGIES, wait_ospf_full
+
+    lab = lab_factory(TOPOLOGIES / "core.yaml")
+    wait_ospf_full(lab, "hub", 3)  # OSPF over the tunnel before anything is routed between LANs
+    return lab
