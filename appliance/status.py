@@ -77,7 +77,10 @@ def dmvpn() -> dict[str, Any]:
     """NHRP view: NHS registrations, cache (peers), shortcuts; duplicate NBMA addresses flagged."""
     nhs, cache, shortcuts = vtysh_json("show ip nhrp nhs json", "show ip nhrp cache json", "show ip nhrp shortcut json")
     peers = [e for e in _table(cache) if e.get("type") in ("dynamic", "nhs", "static", "cached")]
-    by_nbma = Counter(e.get("nbma") for e in peers if e.get("type") == "dynamic")
+    # Registrations exist on a hub only (a box with no NHS): a spoke's dynamic entries are its own
+    # resolutions, one per resolved address (a LAN host and its spoke share an NBMA: measured).
+    registrations = [e for e in peers if e.get("type") == "dynamic"] if not _table(nhs) else []
+    by_nbma = Counter(e.get("nbma") for e in registrations)
     warnings = [
         f"{count} spokes registered from NBMA {nbma}: spokes behind one PAT address cannot all work "
         f"(Linux transport-mode IPsec selects SAs by address, not port)"

@@ -72,3 +72,13 @@ def test_vtysh_answers_are_split_around_frr_84s_text_header(monkeypatch) -> None
     assert text == [header]
     docs, text = status._split_json("% Unknown command: show ip nhrp foo json\n")
     assert docs == [] and text == ["% Unknown command: show ip nhrp foo json"]
+
+
+def test_a_spokes_own_resolutions_sharing_an_nbma_raise_no_warning(monkeypatch) -> None:
+    """Measured in the demo: spoke1 resolved spoke2 (172.16.0.12) and host2 (10.0.2.10), same NBMA."""
+    resolutions = [
+        {"interface": "dmvpn0", "type": "dynamic", "protocol": "172.16.0.12", "nbma": "198.51.100.6"},
+        {"interface": "dmvpn0", "type": "dynamic", "protocol": "10.0.2.10", "nbma": "198.51.100.6"},
+    ]
+    monkeypatch.setattr(status, "vtysh_json", fake_vtysh([NHS_REGISTERED], resolutions))
+    assert status.dmvpn()["warnings"] == []
