@@ -72,6 +72,14 @@ class ServiceControl(Protocol):
     def is_enabled(self, name: str) -> bool: ...
 
 
+def service_call(services: ServiceControl, subsystem: str, verb: str, unit: str) -> None:
+    """services.<verb>(unit); a failure becomes a DriverError carrying the service manager's words."""
+    try:
+        getattr(services, verb)(unit)
+    except Exception as e:
+        raise DriverError(subsystem, f"cannot {verb} {unit}", str(e)) from None
+
+
 class Ledger:
     """What the appliance created (`/var/lib/appliance/ledger.json`, 0600): one section per driver.
 

@@ -39,6 +39,7 @@ from .base import (
     file_restore,
     file_snapshot,
     find_file,
+    service_call,
     write_rendered,
 )
 
@@ -275,10 +276,7 @@ class FrrDriver:
             self.check_syntax(path)
 
     def _service(self, verb: str) -> None:
-        try:
-            getattr(self.services, verb)(SERVICE)
-        except Exception as e:
-            raise DriverError(self.name, f"cannot {verb} frr", str(e)) from None
+        service_call(self.services, self.name, verb, SERVICE)
 
     def reload(self, path: str | None = None) -> None:
         """frr-reload.py --reload of the installed frr.conf (or of `path`, which FRR then writes out)."""

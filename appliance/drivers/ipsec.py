@@ -40,6 +40,7 @@ from .base import (
     file_restore,
     file_snapshot,
     find_file,
+    service_call,
     write_rendered,
 )
 
@@ -465,10 +466,7 @@ class IpsecDriver:
                 self._record("connections", name, h)
 
     def _service(self, verb: str) -> None:
-        try:
-            getattr(self.services, verb)(SERVICE)
-        except Exception as e:
-            raise DriverError(self.name, f"cannot {verb} strongswan", str(e)) from None
+        service_call(self.services, self.name, verb, SERVICE)
         self._wait_for_charon()
 
     def _load_credential(self, session, cred: CredentialFile, text: str) -> None:

@@ -24,6 +24,7 @@ from .base import (
     file_restore,
     file_snapshot,
     find_file,
+    service_call,
     write_rendered,
 )
 
@@ -267,11 +268,7 @@ class ServicesDriver:
 
     def apply(self, changes: list[Change]) -> None:
         for c in changes:
-            verb = "disable" if c.action == REMOVE else "enable"
-            try:
-                getattr(self.manager, verb)(c.payload)
-            except Exception as e:
-                raise DriverError(self.name, f"cannot {verb} {c.payload}", str(e)) from None
+            service_call(self.manager, self.name, "disable" if c.action == REMOVE else "enable", c.payload)
 
     def verify(self, desired: DesiredState) -> None:
         down = [u for u in self.wanted(desired) if not self.manager.is_active(u)]

@@ -31,6 +31,7 @@ from .base import (
     file_restore,
     file_snapshot,
     find_file,
+    service_call,
     write_rendered,
 )
 
@@ -146,10 +147,7 @@ class VrrpDriver:
             self.ctx.ledger.replace_section(SUBSYSTEM, {})
 
     def _daemon(self, verb: str, wanted: RenderedFile | None) -> None:
-        try:
-            getattr(self.services, verb)(SERVICE)
-        except Exception as e:
-            raise DriverError(self.name, f"cannot {verb} keepalived", str(e)) from None
+        service_call(self.services, self.name, verb, SERVICE)
         if wanted is not None:
             self.ctx.ledger.replace_section(SUBSYSTEM, {"configured": True, "loaded": config_hash(wanted.content)})
 
