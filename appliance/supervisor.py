@@ -105,17 +105,30 @@ class Supervisor:
         atomic_write(self.health_path, json.dumps(snapshot, indent=1, sort_keys=True) + "\n", mode=0o644)
         return snapshot
 
+    def _drift(self, desired: DesiredState) -> tuple[Ledger, list[Any], dict[str, list[Any]]]:
+        """The ledger, the drivers and, by subsystem, the changes that would bring the box back to `desired`."""
+        ledger = Ledger(self.state.root / "ledger.json")
+        drivers = self.make_drivers(ledger)
+        drifted = {}
+        for d in drivers:
+            changes = d.diff(desired)
+            if changes:
+                drifted[d.name] = changes
+        return ledger, drivers, drifted
+
     def repair(self, desired: DesiredState) -> list[str]:
         """Re-apply the subsystems that drifted; returns their names (empty: no drift)."""
-        redactor = Redactor(desired.secrets)
+        # Look without the lock first: a drift check reads every daemon (seconds under load), and
+        # holding the lock for it would make the engineer's `apply` collide with it most of the time.
+        if not self._drift(desired)[2]:
+            return []
         with self.state.locked("repair"):
-            ledger = Ledger(self.state.root / "ledger.json")
-            drivers = self.make_drivers(ledger)
-            drifted = {}
-            for d in drivers:
-                changes = d.diff(desired)
-                if changes:
-                    drifted[d.name] = changes
+            # an apply may have finished since the look: repair towards the newest generation only
+            desired = self.desired()
+            if desired is None:
+                return []
+            redactor = Redactor(desired.secrets)
+            ledger, drivers, drifted = self._drift(desired)
             if not drifted:
                 return []
             detected = time.time()

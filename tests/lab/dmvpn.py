@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from appliance.lab.expect import run_and_expect
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 TOPOLOGIES = REPO / "tests" / "lab" / "topologies"
@@ -35,6 +38,17 @@ def wait_ping(lab, node: str, dst: str, timeout: float = 180) -> list[int]:
     return run_and_expect(
         lambda: ping(lab, node, dst, count=2)[1], lambda ttls: len(ttls) > 0, timeout, what=f"{node} ping {dst}"
     )
+
+
+def pinging(lab, node: str, dst: str, observe: Callable[[], T]) -> Callable[[], T]:
+    """`observe` after a few pings from node to dst: NHRP redirects and resolutions happen only
+    while traffic flows, so a wait for a shortcut must keep sending."""
+
+    def probe() -> T:
+        ping(lab, node, dst, count=2, interval=0.2)
+        return observe()
+
+    return probe
 
 
 def nhrp_cache(lab, node: str) -> list[dict[str, Any]]:

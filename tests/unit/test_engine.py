@@ -151,6 +151,25 @@ def test_lock_refuses_a_second_apply(tmp_path: Path) -> None:
                 pass
 
 
+def test_an_apply_waits_for_the_supervisors_repair_to_finish(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: a repair holding the lock for a second
+        os.close(r)
+        with state.locked("repair"):
+            os.write(w, b"x")
+            time.sleep(1.0)
+        os._exit(0)
+    os.close(w)
+    os.read(r, 1)
+    started = time.monotonic()
+    with StateDir(tmp_path / "state").locked("apply"):
+        waited = time.monotonic() - started
+    os.waitpid(pid, 0)
+    assert 0.3 < waited < 30
+
+
 def test_an_apply_killed_with_sigkill_leaves_a_lock_the_next_one_takes_over(tmp_path: Path) -> None:
     state = StateDir(tmp_path / "state")
     r, w = os.pipe()

@@ -75,6 +75,32 @@ def test_no_repair_while_an_apply_holds_the_lock(tmp_path: Path) -> None:
     assert sup.tick()["repaired"] == ["netlink"]
 
 
+def test_a_round_without_drift_does_not_need_the_lock(tmp_path: Path) -> None:
+    """The drift check runs unlocked, so that it never makes the engineer's apply wait or fail."""
+    sup, drivers, calls, logged, state = setup(tmp_path)
+    with StateDir(state.root).locked("apply"):
+        snap = sup.tick()
+    assert snap["note"] is None and snap["repaired"] == []
+
+
+def test_a_repair_goes_to_the_generation_an_apply_recorded_meanwhile(tmp_path: Path) -> None:
+    sup, drivers, calls, logged, state = setup(tmp_path)
+    drivers[1].running = "changed by an apply"
+    newer = desired_of("examples/spoke2.yaml")
+    looked_at = []
+    first_diff = drivers[0].diff
+
+    def diff_while_an_apply_records(desired):
+        looked_at.append(desired)
+        if len(looked_at) == 1:  # the unlocked look: an apply records generation 2 right now
+            state.record(newer, {}, "site: 2\n", {"what": "apply"})
+        return first_diff(desired)
+
+    drivers[0].diff = diff_while_an_apply_records
+    sup.tick()
+    assert len(looked_at) >= 2 and all(d == newer for d in looked_at[1:])  # the locked look and the repair: gen 2
+
+
 def test_spoke_without_registration_or_sa_is_unhealthy() -> None:
     desired = desired_of("examples/spoke1.yaml")
     h = health.collect(
