@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .model.loader import SiteError
-from .model.validate import load_site
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -27,6 +25,9 @@ def eprint(*args: object) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from .model.loader import SiteError
+    from .model.validate import load_site
+
     status = EXIT_OK
     for path in args.site:
         try:
@@ -53,6 +54,8 @@ def add_validate(sub: argparse._SubParsersAction) -> None:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from .files import write_tree
+    from .model.loader import SiteError
+    from .model.validate import load_site
     from .render import render_site
 
     try:
@@ -79,16 +82,28 @@ def add_render(sub: argparse._SubParsersAction) -> None:
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [add_validate, add_render]
 
+# Command groups living in their own modules, and the commands each registers. Only the module of
+# the command being run is imported (start-up time: importing all of them costs seconds on a small
+# box); --help, a missing or an unknown command import every one of them.
+COMMAND_MODULES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("appliance.engine_cli", "add_engine_commands"): ("check", "plan", "apply", "confirm", "rollback", "generations"),
+    ("appliance.show", "add_show"): ("show",),
+    ("appliance.ha_cli", "add_ha_commands"): ("supervise", "check-tunnel", "vrrp-notify"),
+    ("appliance.lab.cli", "add_lab_parser"): ("lab",),
+}
 
-def _optional_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Command groups living in their own packages (engine, show, lab)."""
+
+def requested_command(argv: Sequence[str]) -> str | None:
+    """The subcommand argv starts with; None when it starts with an option (-h, --version) or is empty."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
+def _optional_registrars(command: str | None = None) -> list[Callable[[argparse._SubParsersAction], None]]:
+    """The registrars of the module owning `command`, or of every module when no module owns it."""
+    owners = [target for target, commands in COMMAND_MODULES.items() if command in commands]
+    builtin = command in {"validate", "render"}
     found = []
-    for module, name in (
-        ("appliance.engine_cli", "add_engine_commands"),
-        ("appliance.show", "add_show"),
-        ("appliance.ha_cli", "add_ha_commands"),
-        ("appliance.lab.cli", "add_lab_parser"),
-    ):
+    for module, name in [] if builtin else owners or list(COMMAND_MODULES):
         try:
             mod = __import__(module, fromlist=[name])
         except ModuleNotFoundError as e:
@@ -99,20 +114,24 @@ def _optional_registrars() -> list[Callable[[argparse._SubParsersAction], None]]
     return found
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`: only the module owning the command argv names is imported; without argv,
+    or when argv names no known command, every command is registered (full --help and error lists)."""
     parser = argparse.ArgumentParser(
         prog="appliance",
         description="A Linux-native DMVPN router configured from one site.yaml.",
     )
     parser.add_argument("--version", action="version", version=f"appliance {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in REGISTRARS + _optional_registrars():
+    command = None if argv is None else requested_command(argv)
+    for register in REGISTRARS + _optional_registrars(command):
         register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
-import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .nft import MISSING_NFTABLES
+from .packages import installed_versions, version_tuple
 from .render.spec import DesiredState
 from .render.timesync import TIMESYNCD_PATH
 
@@ -46,21 +45,10 @@ class Problem:
         return f"{self.what} ({self.fix})"
 
 
-def package_version(package: str) -> tuple[int, ...] | None:
-    try:
-        out = subprocess.run(
-            ["dpkg-query", "-W", "-f", "${Status} ${Version}", package],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if "install ok installed" not in out:
-        return None
-    version = out.split()[-1].split(":")[-1]
-    return tuple(int(x) for x in re.findall(r"\d+", version)[:3])
+def package_versions() -> Callable[[str], tuple[int, ...] | None]:
+    """package -> its installed version as numbers (None: not installed), from one dpkg-query (packages.py)."""
+    installed = installed_versions()
+    return lambda package: version_tuple(installed[package]) if package in installed else None
 
 
 def kernel_config(kernel: str) -> dict[str, str]:
@@ -75,37 +63,56 @@ def kernel_config(kernel: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if line.startswith("CONFIG_") and "=" in line)
 
 
-def module_available(name: str, kernel: str | None = None, modules_root: Path = Path("/lib/modules")) -> bool:
-    """Loaded, built in, or installed as a loadable module for the running kernel."""
-    if Path(f"/sys/module/{name}").exists():
-        return True
-    kernel = kernel or os.uname().release
-    if kernel_config(kernel).get(KERNEL_MODULES.get(name, "")) == "y":
-        return True
-    for index in ("modules.builtin", "modules.dep"):
-        try:
-            lines = (modules_root / kernel / index).read_text().splitlines()
-        except FileNotFoundError:
-            continue
-        for line in lines:
-            module = line.split(":", 1)[0].rsplit("/", 1)[-1].split(".ko", 1)[0]
-            if module.replace("-", "_") == name:
-                return True
-    return False
+class KernelModules:
+    """Is a module loaded, built in, or installed as a loadable module for the running kernel?
+
+    The Kconfig and the module indexes are read once, at the first module not loaded already."""
+
+    def __init__(self, kernel: str | None = None, modules_root: Path = Path("/lib/modules")) -> None:
+        self.kernel = kernel or os.uname().release
+        self.modules_root = modules_root
+        self._config: dict[str, str] | None = None
+        self._indexed: set[str] | None = None
+
+    def __call__(self, name: str) -> bool:
+        if Path(f"/sys/module/{name}").exists():
+            return True
+        if self._config is None:
+            self._config = kernel_config(self.kernel)
+        if self._config.get(KERNEL_MODULES.get(name, "")) == "y":
+            return True
+        return name in self._index()
+
+    def _index(self) -> set[str]:
+        if self._indexed is None:
+            self._indexed = set()
+            for index in ("modules.builtin", "modules.dep"):
+                try:
+                    lines = (self.modules_root / self.kernel / index).read_text().splitlines()
+                except FileNotFoundError:
+                    continue
+                for line in lines:
+                    module = line.split(":", 1)[0].rsplit("/", 1)[-1].split(".ko", 1)[0]
+                    self._indexed.add(module.replace("-", "_"))
+        return self._indexed
 
 
 def check(
     desired: DesiredState,
     *,
-    version: Callable[[str], tuple[int, ...] | None] = package_version,
+    version: Callable[[str], tuple[int, ...] | None] | None = None,
     which: Callable[[str], str | None] = shutil.which,
-    has_module: Callable[[str], bool] = module_available,
+    has_module: Callable[[str], bool] | None = None,
     has_python_module: Callable[[str], bool] = lambda m: importlib.util.find_spec(m) is not None,
     plugin_dir: Path = STRONGSWAN_PLUGIN_DIR,
     charon_algorithms: Callable[[], list[str] | None] | None = None,
 ) -> list[Problem]:
-    """Every reason this box cannot apply `desired`; empty when it can."""
+    """Every reason this box cannot apply `desired`; empty when it can.
+
+    `version` defaults to package_versions(), `has_module` to KernelModules()."""
     problems: list[Problem] = []
+    version = version or package_versions()
+    has_module = has_module or KernelModules()
 
     def need_package(pkg: str, what: str, minimum: tuple[int, ...] | None = None) -> bool:
         v = version(pkg)

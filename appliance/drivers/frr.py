@@ -14,6 +14,11 @@ are exactly the text we hashed), and of the FRR tools themselves. Once an apply 
 a triple has an empty delta (and so passed `vtysh -C`), the ledger keeps its hash; a diff that
 finds the same triple again skips both tools. Anything else, a hand change in vtysh, a daemon
 that died, an FRR upgrade, misses the hash and gets the full check.
+
+Files that hold the running or candidate config (OSPF keys, BGP passwords) live only in a 0700
+directory of this process under /run/appliance/frr: our candidates, and frr-reload.py's own
+`reload-*.txt` (its --rundir, by default /var/run/frr, written 0644 and removed only if it finishes).
+An apply killed midway leaves them behind; the next driver removes the directories of dead processes.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from ..render.frr import DAEMONS_PATH, FRR_CONF_PATH, VTYSH_CONF_PATH, render_daemons_file
@@ -51,6 +58,11 @@ TIMEOUT_S = 300  # vtysh takes seconds per call under TCG; a reload runs many of
 SHOW_RUNNING = "show running-config no-header"  # what frr-reload.py itself reads as the running side
 _DELTA_HEADERS = {"Lines To Delete": "delete", "Lines To Add": "add"}
 NO_DELTA: dict[str, list[str]] = {"delete": [], "add": []}
+WORK_DIR = "/run/appliance/frr"  # one 0700 subdirectory per process (its pid)
+# Left by older versions and by killed frr-reload runs with its default --rundir; nothing live is
+# this old (a reload step times out after TIMEOUT_S).
+LEFTOVERS = (("/tmp", "frr-candidate-*.conf"), ("/var/run/frr", "reload-*.txt"))
+LEFTOVER_AGE_S = 3600
 
 
 def parse_reload_test(output: str) -> dict[str, list[str]]:
@@ -116,10 +128,50 @@ def in_sync_key(config: str, running: str, tools: str) -> str:
     return digest.hexdigest()
 
 
+_claimed: set[Path] = set()  # work directories this process (by pid) has made its own
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def private_work_dir(root: Path = Path("/")) -> Path:
+    """This process's 0700 directory for config copies. The first call of a process removes what
+    dead processes left: their directories, and LEFTOVERS older than LEFTOVER_AGE_S."""
+    base = root / WORK_DIR.lstrip("/")
+    mine = base / str(os.getpid())
+    if mine in _claimed:
+        mine.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return mine
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(base, 0o700)
+    for d in base.iterdir():
+        # A directory named after this pid was left by a dead process that had the same pid.
+        if d.name.isdigit() and (d == mine or not _alive(int(d.name))):
+            shutil.rmtree(d, ignore_errors=True)
+    now = time.time()
+    for directory, pattern in LEFTOVERS:
+        for leftover in (root / directory.lstrip("/")).glob(pattern):
+            try:
+                if leftover.is_file() and now - leftover.stat().st_mtime > LEFTOVER_AGE_S:
+                    leftover.unlink()
+            except OSError:
+                continue  # gone meanwhile
+    mine.mkdir(mode=0o700)
+    _claimed.add(mine)
+    return mine
+
+
 @contextmanager
-def candidate_file(config: str) -> Iterator[str]:
-    """`config` in a private (0600) temp file: it may hold OSPF keys and BGP passwords."""
-    fd, path = tempfile.mkstemp(prefix="frr-candidate-", suffix=".conf")
+def candidate_file(config: str, directory: Path | None = None) -> Iterator[str]:
+    """`config` in a 0600 file in a private 0700 directory: it may hold OSPF keys and BGP passwords."""
+    fd, path = tempfile.mkstemp(prefix="frr-candidate-", suffix=".conf", dir=directory or private_work_dir())
     try:
         with os.fdopen(fd, "w") as f:
             f.write(config)
@@ -134,6 +186,9 @@ class FrrDriver:
     def __init__(self, ctx: Context) -> None:
         self.ctx, self.services = ctx, ctx.services
         self._verified_key: str | None = None  # of the last full diff that found no delta
+
+    def work_dir(self) -> Path:
+        return private_work_dir(self.ctx.root)
 
     # --- tools --------------------------------------------------------------------------------
 
@@ -175,7 +230,7 @@ class FrrDriver:
         self._verified_key = None
         if self.ctx.ledger.section(self.name).get("in_sync") == key:
             return {"delete": [], "add": []}
-        with candidate_file(config) as path, candidate_file(running) as running_path:
+        with candidate_file(config, self.work_dir()) as path, candidate_file(running, self.work_dir()) as running_path:
             self.check_syntax(path)
             delta = self.reload_delta(path, running_path)
         if delta == NO_DELTA:
@@ -272,7 +327,7 @@ class FrrDriver:
                 self.reload()
 
     def _check_content(self, config: str) -> None:
-        with candidate_file(config) as path:
+        with candidate_file(config, self.work_dir()) as path:
             self.check_syntax(path)
 
     def _service(self, verb: str) -> None:
@@ -281,7 +336,9 @@ class FrrDriver:
     def reload(self, path: str | None = None) -> None:
         """frr-reload.py --reload of the installed frr.conf (or of `path`, which FRR then writes out)."""
         target = path or self._installed()
-        proc = self._run([FRR_RELOAD, "--reload", "--confdir", self._confdir(), target], "frr-reload.py --reload")
+        # --rundir: where it writes the lines it sends; --log-level warning: at info it logs them too.
+        argv = [FRR_RELOAD, "--reload", "--confdir", self._confdir(), "--rundir", str(self.work_dir())]
+        proc = self._run([*argv, "--log-level", "warning", target], "frr-reload.py --reload")
         # Measured (FRR 8.4.4): frr-reload re-sends every added line in a second pass and nhrpd
         # answers '% Entry exists already' to a repeated 'ip nhrp nhs'/'map multicast', so a correct
         # reload can exit 1. What counts is the result: an empty delta afterwards.
@@ -328,7 +385,7 @@ class FrrDriver:
             return
         # The running config may have differed from frr.conf: reload exactly what ran, from a copy
         # (frr-reload then `vtysh write`s frr.conf, so the files are put back once more after it).
-        with candidate_file(saved) as path:
+        with candidate_file(saved, self.work_dir()) as path:
             if self.reload_delta(path) != {"delete": [], "add": []}:
                 self.reload(path)
         file_restore(self.ctx, snapshot["files"])

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from ..packages import installed_versions, version_tuple
 from .loader import Document, Problem, SiteError, load_document, validate_model
 from .schema import SecretRef, Site
 
@@ -40,21 +40,8 @@ class LoadedSite:
 
 def installed_frr_version() -> tuple[int, int] | None:
     """FRR's (major, minor) from dpkg, or None where FRR is not installed."""
-    try:
-        out = subprocess.run(
-            ["dpkg-query", "-W", "-f", "${Version}", "frr"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        ).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    parts = out.split(":")[-1].split(".")
-    try:
-        return int(parts[0]), int(parts[1])
-    except (IndexError, ValueError):
-        return None
+    version = version_tuple(installed_versions().get("frr", ""), 2)
+    return (version[0], version[1]) if len(version) == 2 else None
 
 
 def read_secrets_env(path: Path) -> dict[str, str]:

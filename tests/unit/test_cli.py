@@ -81,3 +81,49 @@ def test_every_command_has_help(command: list[str]) -> None:
     r = run(*command, "--help")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("usage: appliance " + " ".join(command))
+
+
+def commands_of(parser) -> set[str]:
+    (action,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    return set(action.choices)
+
+
+def test_each_command_module_registers_exactly_the_commands_listed_for_it() -> None:
+    import argparse
+    import importlib
+
+    from appliance.cli import COMMAND_MODULES
+
+    for (module, name), commands in COMMAND_MODULES.items():
+        parser = argparse.ArgumentParser()
+        getattr(importlib.import_module(module), name)(parser.add_subparsers())
+        assert commands_of(parser) == set(commands), module
+
+
+def test_a_command_builds_only_its_own_module_and_help_lists_every_command() -> None:
+    everything = commands_of(build_parser())
+    assert {"validate", "render", "apply", "show", "supervise", "lab"} <= everything
+    assert commands_of(build_parser(["--help"])) == everything
+    assert commands_of(build_parser(["no-such-command"])) == everything
+    assert commands_of(build_parser(["apply", "site.yaml"])) == {
+        "validate", "render", "check", "plan", "apply", "confirm", "rollback", "generations"
+    }  # fmt: skip
+    assert commands_of(build_parser(["validate", "site.yaml"])) == {"validate", "render"}
+
+
+def test_apply_does_not_import_the_lab_show_or_ha_modules() -> None:
+    code = (
+        "import sys; from appliance.cli import build_parser; build_parser(['apply', 'site.yaml']);"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('appliance.'))))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    loaded = set(r.stdout.split())
+    assert "appliance.engine_cli" in loaded, r.stderr
+    assert not loaded & {"appliance.lab.cli", "appliance.lab.lab", "appliance.show", "appliance.ha_cli"}
+
+
+def test_help_lists_every_command() -> None:
+    r = run("--help")
+    assert r.returncode == 0
+    for command in ("validate", "render", "check", "plan", "apply", "show", "supervise", "lab"):
+        assert f"    {command} " in r.stdout or f"    {command}\n" in r.stdout, command

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,7 +12,7 @@ import pytest
 from frr_instance import FrrNamespace, frr_available, run_in_frr_namespace
 
 from appliance.drivers.base import CHANGE, CREATE, Context, DriverError, Ledger
-from appliance.drivers.frr import FrrDriver, parse_reload_test, strip_show_running
+from appliance.drivers.frr import LEFTOVER_AGE_S, FrrDriver, parse_reload_test, private_work_dir, strip_show_running
 from appliance.model.validate import load_site
 from appliance.render import render_site
 from appliance.render.frr import DAEMONS_PATH, FRR_CONF_PATH, VTYSH_CONF_PATH
@@ -87,6 +90,72 @@ def test_show_running_banner_is_stripped():
 def test_claims_its_three_files(tmp_path):
     driver = FrrDriver(Context(ledger=Ledger(tmp_path / "l.json"), services=None))
     assert driver.claims(desired()) == {FRR_CONF_PATH, DAEMONS_PATH, VTYSH_CONF_PATH}
+
+
+# --- files holding the config (and so the OSPF key) ----------------------------------------------
+
+
+def test_work_dir_is_private_and_what_dead_processes_left_is_removed(tmp_path):
+    base = tmp_path / "run/appliance/frr"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for pid in (dead.pid, os.getppid(), os.getpid()):  # dead, alive, this pid reused from a dead one
+        (base / str(pid)).mkdir(parents=True)
+        (base / str(pid) / "reload-ABCDEF.txt").write_text("ip ospf message-digest-key 1 md5 secret\n")
+    old = time.time() - LEFTOVER_AGE_S - 60
+    legacy = {
+        "tmp/frr-candidate-old.conf": True,  # from a version that wrote candidates to /tmp
+        "tmp/frr-candidate-new.conf": False,  # may be in use
+        "var/run/frr/reload-OLDONE.txt": True,  # frr-reload killed with its default --rundir
+        "tmp/unrelated.conf": False,
+    }
+    for name, is_old in legacy.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("secret\n")
+        if is_old or name == "tmp/unrelated.conf":
+            os.utime(tmp_path / name, (old, old))
+
+    mine = private_work_dir(tmp_path)
+
+    assert mine == base / str(os.getpid()) and list(mine.iterdir()) == []
+    assert (base.stat().st_mode & 0o777, mine.stat().st_mode & 0o777) == (0o700, 0o700)
+    assert sorted(d.name for d in base.iterdir()) == sorted([str(os.getppid()), str(os.getpid())])
+    assert {name: (tmp_path / name).exists() for name in legacy} == {
+        "tmp/frr-candidate-old.conf": False,
+        "tmp/frr-candidate-new.conf": True,
+        "var/run/frr/reload-OLDONE.txt": False,
+        "tmp/unrelated.conf": True,
+    }
+    (mine / "in-use.conf").write_text("x")
+    assert private_work_dir(tmp_path) == mine and (mine / "in-use.conf").exists()  # later calls keep it
+
+
+class RecordingFrrDriver(FrrDriver):
+    """Runs nothing: records each command and the mode and directory of the files it is given."""
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.ran: list[list[str]] = []
+        self.files: list[tuple[str, int]] = []
+
+    def _run(self, argv, what):
+        self.ran.append(list(argv))
+        for arg in argv:
+            if arg.startswith("/") and os.path.isfile(arg) and "frr-candidate-" in arg:
+                self.files.append((os.path.dirname(arg), os.stat(arg).st_mode & 0o777))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+def test_candidates_and_frr_reload_files_stay_in_the_private_work_dir(tmp_path):
+    driver = RecordingFrrDriver(Context(ledger=Ledger(tmp_path / "l.json"), services=None, root=tmp_path))
+    work = str(tmp_path / "run/appliance/frr" / str(os.getpid()))
+    driver._check_content("router ospf\n ospf router-id 10.0.0.1\nexit\n")
+    driver.reload()
+    assert driver.files == [(work, 0o600)]
+    reload_argv = driver.ran[-1]
+    assert reload_argv[reload_argv.index("--rundir") + 1] == work
+    assert reload_argv[reload_argv.index("--log-level") + 1] == "warning"  # at info it logs the lines it sends
+    assert os.listdir(work) == []
 
 
 # --- real FRR ---------------------------------------------------------------------------------
@@ -250,3 +319,32 @@ def test_rendered_file_defaults_match_the_renderer():
     for f in state.files:
         if f.path in driver_files:
             assert driver_files[f.path] == RenderedFile(f.path, f.content, f.mode, f.owner, f.group, f.secret)
+
+
+@needs_frr
+def test_a_reload_that_changes_the_ospf_key_leaves_it_in_no_log_and_no_file(tmp_path):
+    before = desired()
+    after = render_site(
+        load_site(ROOT / "examples/hub.yaml", env={**ENV, "OSPF_KEY": "new-md5-key"}, frr_version=(8, 4)).site
+    )
+
+    def scenario(frr: FrrNamespace):
+        driver = FrrDriver(context(frr, tmp_path))
+        driver.apply(driver.diff(before))
+        changes = driver.diff(after)
+        driver.apply(changes)
+        driver.verify(after)
+        log = Path("/var/log/frr/frr-reload.log")
+        return {
+            "changes": [c.kind for c in changes],
+            "running_has_new_key": "new-md5-key" in frr.running_config(),
+            "log_has_key": log.exists() and "new-md5-key" in log.read_text(),
+            "left_in_work_dir": os.listdir(driver.work_dir()),
+            "left_in_run_frr": [n for n in os.listdir("/var/run/frr") if n.startswith("reload-")],
+        }
+
+    out = run_in_frr_namespace(scenario, hostname=before.hostname, interfaces=HUB_INTERFACES)
+    assert out["changes"] == ["file", "config"]
+    assert out["running_has_new_key"]
+    assert not out["log_has_key"]
+    assert out["left_in_work_dir"] == [] and out["left_in_run_frr"] == []

@@ -87,9 +87,10 @@ def test_module_lookup_reads_modules_dep(tmp_path: Path) -> None:
     kdir.mkdir()
     (kdir / "modules.dep").write_text("kernel/net/ipv4/ip_gre.ko.xz: kernel/net/ipv4/gre.ko.xz\n")
     (kdir / "modules.builtin").write_text("kernel/net/xfrm/xfrm_user.ko\n")
-    assert preflight.module_available("ip_gre", "6.1.0-test", tmp_path)
-    assert preflight.module_available("xfrm_user", "6.1.0-test", tmp_path)
-    assert not preflight.module_available("esp4", "6.1.0-test", tmp_path)
+    modules = preflight.KernelModules("6.1.0-test", tmp_path)
+    assert modules("ip_gre")
+    assert modules("xfrm_user")
+    assert not modules("esp4")
 
 
 def test_check_command_on_this_host_names_what_is_missing_and_changes_nothing() -> None:
@@ -102,7 +103,7 @@ def test_check_command_on_this_host_names_what_is_missing_and_changes_nothing() 
         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **ENV, "APPLIANCE_SECRETS_ENV": "/nonexistent"},
         timeout=60,
     )
-    has_gre = preflight.module_available("ip_gre")
+    has_gre = preflight.KernelModules()("ip_gre")
     if has_gre:
         assert r.returncode == 0, r.stderr
         return
