@@ -162,7 +162,10 @@ class Supervisor:
             except Exception as e:  # a bad round must not kill supervision; say why
                 self.log(f"supervisor round failed: {type(e).__name__}: {e}")
             sd_notify("WATCHDOG=1")
-            stop.wait(max(0.5, interval - (time.monotonic() - started)))
+            took = time.monotonic() - started
+            # a round that takes long (a loaded box) is followed by as long a pause: supervision
+            # never takes more than half a CPU from the routing daemons it watches
+            stop.wait(max(0.5, interval - took, took))
 
 
 def serve_metrics(supervisor: Supervisor, address: str, port: int) -> ThreadingHTTPServer:

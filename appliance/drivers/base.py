@@ -189,10 +189,16 @@ def owner_ids(owner: str, group: str) -> tuple[int, int] | None:
     """uid/gid when both exist and we may chown (root), else None (tests as a user, no frr user)."""
     if os.geteuid() != 0:
         return None
-    try:
-        return pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
-    except KeyError:
-        return None
+    if (owner, group) not in _OWNER_IDS:
+        try:
+            _OWNER_IDS[owner, group] = pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
+        except KeyError:
+            return None  # not remembered: the package that creates the user may be installed later
+    return _OWNER_IDS[owner, group]
+
+
+# Found users and groups (NSS lookups cost ~70 ms each under emulation; the supervisor asks each round).
+_OWNER_IDS: dict[tuple[str, str], tuple[int, int]] = {}
 
 
 def file_differs(ctx: Context, f: RenderedFile) -> str | None:

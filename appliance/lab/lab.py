@@ -37,7 +37,7 @@ Progress = Callable[[str], None]
 
 # as appliance-supervisor.service on a box; setsid and redirections: it must outlive the exec
 SUPERVISE = (
-    f"APPLIANCE_SERVICE_MANAGER=lab setsid {APPLIANCE} supervise --interval 5"
+    f"APPLIANCE_SERVICE_MANAGER=lab setsid {APPLIANCE} supervise --interval {{interval}}"
     " >>/var/log/appliance-supervisor.log 2>&1 </dev/null &"
 )
 
@@ -310,7 +310,8 @@ class Lab:
                     node.apply = "ok"
                     progress(f"  {name}: applied in {took:.1f} s")
                     if topology.model.supervise:
-                        self._check(name, ["sh", "-c", SUPERVISE], "starting appliance supervise")
+                        supervise = SUPERVISE.format(interval=topology.model.supervise_interval)
+                        self._check(name, ["sh", "-c", supervise], "starting appliance supervise")
                 else:
                     node.apply = f"FAILED (exit {result.rc})"
                     node.detail = self._redact(result.output) + "\n" + self.logs(name, 30)

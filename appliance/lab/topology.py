@@ -91,6 +91,9 @@ class TopologyModel(Strict):
     # Run `appliance supervise` in every router after its apply, as appliance-supervisor.service
     # does on a box (health, drift repair). Off by default: tests of apply itself want no repairs.
     supervise: bool = False
+    # Seconds between supervisor rounds (the box's default is 5). A round reads every daemon, which
+    # costs seconds under emulation: labs that do not test drift repair run it less often.
+    supervise_interval: Annotated[float, Field(gt=0)] = 5.0
     nodes: Annotated[dict[NodeName, Node], Field(min_length=1)]
     links: list[Link] = []
 

@@ -30,6 +30,10 @@ class VmConfig:
     accel: str = "tcg"  # "kvm" | "tcg"
     memory_mib: int = 2048
     cpus: int = 2
+    # TCG only. Not "max": with AVX2 offered, glibc and OpenSSL pick AVX2 code paths that QEMU 7.2
+    # emulates slowly; Westmere (SSE4.2, AES-NI) measured 25-35% faster for Python start-up, imports
+    # and hashing in the guest (bench: `python -c "import pydantic, pyroute2"` 9.8 s -> 6.9 s).
+    tcg_cpu: str = "Westmere"
 
 
 def missing_requirements() -> list[str]:
@@ -70,7 +74,9 @@ def qemu_argv(
 ) -> list[str]:
     mem = f"{config.memory_mib}M"
     accel = (
-        ["-accel", "kvm", "-cpu", "host"] if config.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        ["-accel", "kvm", "-cpu", "host"]
+        if config.accel == "kvm"
+        else ["-accel", "tcg,thread=multi", "-cpu", config.tcg_cpu]
     )
     append = " ".join(
         [

@@ -7,6 +7,7 @@ import socket
 import urllib.request
 from pathlib import Path
 
+import pytest
 from fakes import FakeDriver, desired_of
 
 from appliance import health
@@ -197,3 +198,22 @@ def test_a_round_reports_the_neighbour_repair(tmp_path: Path) -> None:
     sup.repair_neighbours = lambda desired: ["172.16.0.11 -> 198.51.100.2"]
     snap = sup.tick()
     assert snap["repaired"] == ["nhrp-neighbours"] and sup.repairs["nhrp-neighbours"] == 1
+
+
+def test_a_slow_round_is_followed_by_as_long_a_pause(tmp_path: Path, monkeypatch) -> None:
+    """Supervision never takes more than half a CPU from the daemons it watches (a loaded box)."""
+    sup, *_ = setup(tmp_path)
+    clock = iter([0.0, 3.0, 10.0, 10.2])  # round 1 takes 3 s, round 2 takes 0.2 s
+    monkeypatch.setattr("appliance.supervisor.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr(sup, "tick", lambda: None)
+    pauses: list[float] = []
+
+    class Stop:
+        def is_set(self) -> bool:
+            return len(pauses) == 2
+
+        def wait(self, seconds: float) -> None:
+            pauses.append(seconds)
+
+    sup.run(1.0, Stop())
+    assert pauses == pytest.approx([3.0, 0.8])
