@@ -25,15 +25,19 @@ INSTALL_HINT = "install them with: apt-get install qemu-system-x86 qemu-system-c
 KVM_PROBE_TIMEOUT_S = 20
 
 
+# The CPU a TCG guest gets (lab and image tests). Not "max": with AVX2 offered, glibc and OpenSSL
+# pick AVX2 code paths that QEMU 7.2 emulates slowly; Westmere (SSE4.2, AES-NI) measured 25-35%
+# faster for Python start-up, imports and hashing in the guest (`python -c "import pydantic,
+# pyroute2"` 9.8 s -> 6.9 s).
+TCG_CPU = "Westmere"
+
+
 @dataclass(frozen=True)
 class VmConfig:
     accel: str = "tcg"  # "kvm" | "tcg"
     memory_mib: int = 2048
     cpus: int = 2
-    # TCG only. Not "max": with AVX2 offered, glibc and OpenSSL pick AVX2 code paths that QEMU 7.2
-    # emulates slowly; Westmere (SSE4.2, AES-NI) measured 25-35% faster for Python start-up, imports
-    # and hashing in the guest (bench: `python -c "import pydantic, pyroute2"` 9.8 s -> 6.9 s).
-    tcg_cpu: str = "Westmere"
+    tcg_cpu: str = TCG_CPU
 
 
 def missing_requirements() -> list[str]:

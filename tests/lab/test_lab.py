@@ -1,5 +1,6 @@
-"""The lab itself: examples/lab.yaml boots, its underlay works, nodes are isolated, the kernel has
-the data plane (GRE, ESP, nftables), and a node whose daemon fails makes `lab up` fail loudly."""
+"""The lab itself: the core topology (examples/lab.yaml and a few more nodes) boots, its underlay
+works, nodes are isolated, the kernel has the data plane (GRE, ESP, nftables), and a node whose
+daemon fails makes `lab up` fail loudly."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
 APPLIANCE = [str(Path(sys.executable).with_name("appliance"))]
-INET_ON_HUB_LINK = "192.0.2.1"  # examples/lab.yaml: inet eth1
+INET_ON_HUB_LINK = "192.0.2.1"  # inet eth1
 HUB_PUBLIC = "192.0.2.2"  # examples/hub.yaml
 NAT_PUBLIC = "203.0.113.2"  # nat3 eth0
 

@@ -12,6 +12,7 @@ from dmvpn import (
     configure_box,
     neighbour,
     ping,
+    pinging,
     route_to,
     run_and_expect,
     sas_with,
@@ -43,9 +44,11 @@ def test_spokes_behind_two_nats_with_one_private_address_both_register(nat):
     assert show(nat, "hub", "dmvpn")["warnings"] == []
 
 
-def shortcut(lab, node: str, prefix: str, via: str) -> dict:
+def shortcut(lab, node: str, prefix: str, via: str, pinger: str, dst: str) -> dict:
+    """Wait for node's NHRP shortcut to prefix while pinger keeps sending to dst (redirects and
+    resolutions happen only while traffic flows)."""
     return run_and_expect(
-        lambda: route_to(lab, node, prefix),
+        pinging(lab, pinger, dst, lambda: route_to(lab, node, prefix)),
         lambda r: r is not None and r.get("protocol") == "nhrp" and r.get("gateway") == via,
         120,
         what=f"{node} shortcut to {prefix} via {via}",
@@ -54,9 +57,9 @@ def shortcut(lab, node: str, prefix: str, via: str) -> dict:
 
 def test_nat_spoke_and_public_spoke_build_a_direct_shortcut(nat):
     wait_ping(nat, "host3", "10.0.1.10")
-    shortcut(nat, "spoke3", "10.0.1.0/24", "172.16.0.11")
+    shortcut(nat, "spoke3", "10.0.1.0/24", "172.16.0.11", "host3", "10.0.1.10")
     wait_ping(nat, "host1", "10.0.3.10")
-    shortcut(nat, "spoke1", "10.0.3.0/24", "172.16.0.13")
+    shortcut(nat, "spoke1", "10.0.3.0/24", "172.16.0.13", "host1", "10.0.3.10")
     assert neighbour(nat, "spoke1", "dmvpn0", "172.16.0.13")["lladdr"] == NAT3
     replies, ttls = ping(nat, "host1", "10.0.3.10")
     assert replies == 3 and set(ttls) == {62}, ttls
