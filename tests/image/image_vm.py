@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from appliance.lab.vm import TCG_CPU
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "images" / "build.py"
 MAKE_CONFIG_DRIVE = REPO / "images" / "make-config-drive.sh"
@@ -111,7 +113,7 @@ class ApplianceVm:
 
     def start(self) -> None:
         self.serial_log.write_bytes(b"")
-        cmd = ["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2"]
+        cmd = ["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", TCG_CPU, "-smp", "2"]
         cmd += ["-m", str(self.memory_mib), "-nodefaults", "-display", "none", "-serial", f"file:{self.serial_log}"]
         cmd += ["-monitor", f"unix:{self.monitor},server=on,wait=off"]
         cmd += self.drives + (["-boot", "d"] if self.boot_from_cdrom else [])
