@@ -88,7 +88,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [add_validate, 
 COMMAND_MODULES: dict[tuple[str, str], tuple[str, ...]] = {
     ("appliance.engine_cli", "add_engine_commands"): ("check", "plan", "apply", "confirm", "rollback", "generations"),
     ("appliance.show", "add_show"): ("show",),
-    ("appliance.ha_cli", "add_ha_commands"): ("supervise", "check-tunnel", "vrrp-notify"),
+    ("appliance.ha_cli", "add_ha_commands"): ("supervise", "check-tunnel"),
     ("appliance.lab.cli", "add_lab_parser"): ("lab",),
 }
 

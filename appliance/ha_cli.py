@@ -1,4 +1,4 @@
-"""`appliance supervise`, and the hooks keepalived runs: `check-tunnel` and `vrrp-notify`."""
+"""`appliance supervise`, and `check-tunnel` (what keepalived's tunnel track script checks)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ import subprocess
 import sys
 import syslog
 import threading
-import time
 from pathlib import Path
 
 from . import health, nhrp_repair, services, status
 from .drivers.base import Context
 from .engine import build_drivers
-from .files import atomic_write
 from .generations import STATE_DIR, StateDir
 from .supervisor import HEALTH_PATH, METRICS_PORT, Supervisor, serve_metrics
 
@@ -84,20 +82,6 @@ def cmd_check_tunnel(args: argparse.Namespace) -> int:
     return subprocess.run(["/bin/sh", "-c", script], check=False).returncode
 
 
-def cmd_vrrp_notify(args: argparse.Namespace) -> int:
-    """keepalived notify: record the state for `show vrrp` and the supervisor, and log it."""
-    record = {
-        "name": args.name,
-        "kind": args.kind,
-        "state": args.state,
-        "priority": args.priority,
-        "since": time.time(),
-    }
-    atomic_write(status.VRRP_STATE_DIR / f"{args.name}.json", json.dumps(record) + "\n", mode=0o644)
-    log(f"vrrp {args.kind.lower()} {args.name}: {args.state} (priority {args.priority})")
-    return 0
-
-
 def add_ha_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("supervise", help="watch health, export metrics, repair drift from the applied generation")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between rounds (default 5)")
@@ -110,10 +94,3 @@ def add_ha_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-tunnel", help="exit 0 while the tunnel carries traffic (keepalived track script)")
     p.add_argument("--state-dir", type=Path, default=STATE_DIR, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_check_tunnel)
-
-    p = sub.add_parser("vrrp-notify", help="keepalived notify hook: record and log a VRRP state change")
-    p.add_argument("kind", help="GROUP or INSTANCE")
-    p.add_argument("name", help="instance name")
-    p.add_argument("state", help="MASTER, BACKUP, FAULT or STOP")
-    p.add_argument("priority", type=int, nargs="?", default=0, help="priority")
-    p.set_defaults(func=cmd_vrrp_notify)

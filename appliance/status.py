@@ -17,7 +17,7 @@ from typing import Any
 from .nft import NftablesMissing, load_nftables
 
 VICI_SOCKET = "/var/run/charon.vici"
-VRRP_STATE_DIR = Path("/run/appliance/vrrp")
+VRRP_STATE_DIR = Path("/run/appliance/vrrp")  # written by render/vrrp.py's state reader (a test ties the two)
 
 
 class StatusError(Exception):

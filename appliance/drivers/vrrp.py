@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..render.spec import DesiredState, RenderedFile
-from ..render.vrrp import KEEPALIVED_CONF_PATH, TUNNEL_CHECK_PATH, render_vrrp_files
+from ..render.vrrp import KEEPALIVED_CONF_PATH, STATES_SCRIPT_PATH, TUNNEL_CHECK_PATH, render_vrrp_files
 from .base import (
     CHANGE,
     CREATE,
@@ -37,7 +37,7 @@ from .base import (
 
 SERVICE = "keepalived"
 SUBSYSTEM = "vrrp"
-PATHS = (KEEPALIVED_CONF_PATH, TUNNEL_CHECK_PATH)
+PATHS = (KEEPALIVED_CONF_PATH, STATES_SCRIPT_PATH, TUNNEL_CHECK_PATH)
 
 
 def config_hash(text: str) -> str:
@@ -76,7 +76,7 @@ class VrrpDriver:
 
     @staticmethod
     def _files(desired: DesiredState) -> list[RenderedFile]:
-        """keepalived.conf first, then the tunnel check when a group tracks the tunnel."""
+        """keepalived.conf first, then its state reader, then the tunnel check when a group tracks the tunnel."""
         return [find_file(desired, f.path) or f for f in render_vrrp_files(desired.vrrp)]
 
     def _ledger(self) -> dict[str, Any]:
@@ -90,7 +90,8 @@ class VrrpDriver:
         wanted = files[0]
         changes: list[Change] = [c for c in (file_change(self.ctx, self.name, f) for f in files) if c is not None]
         write = next((c for c in changes if c.name == KEEPALIVED_CONF_PATH), None)
-        if len(files) == 1 and self._ledger().get("configured") and self.ctx.path(TUNNEL_CHECK_PATH).exists():
+        tracked = any(f.path == TUNNEL_CHECK_PATH for f in files)
+        if not tracked and self._ledger().get("configured") and self.ctx.path(TUNNEL_CHECK_PATH).exists():
             changes.append(
                 Change(self.name, REMOVE, "file", TUNNEL_CHECK_PATH, f"remove {TUNNEL_CHECK_PATH}", payload=None)
             )
@@ -131,8 +132,8 @@ class VrrpDriver:
         if writes:
             self.ctx.ledger.section(SUBSYSTEM)["configured"] = True  # write-ahead
             self.ctx.ledger.save()
-        # The tunnel check first: keepalived -t disables a track script it cannot find. Then
-        # keepalived.conf, only once keepalived accepts it.
+        # The scripts first: keepalived -t disables a script it cannot find. Then keepalived.conf,
+        # only once keepalived accepts it.
         for c in sorted(writes, key=lambda c: c.name == KEEPALIVED_CONF_PATH):
             if c.name == KEEPALIVED_CONF_PATH:
                 self.config_test(c.payload.content)  # nothing of it is installed when keepalived rejects it

@@ -1,5 +1,6 @@
-"""keepalived.conf: one VRRP instance per group, from templates/keepalived.conf.j2, and the tunnel
-check keepalived runs for groups with `track_tunnel` (templates/appliance-check-tunnel.j2)."""
+"""keepalived.conf: one VRRP instance per group, from templates/keepalived.conf.j2, the reader of
+keepalived's state changes (templates/appliance-vrrp-states.j2) and the tunnel check keepalived
+runs for groups with `track_tunnel` (templates/appliance-check-tunnel.j2)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ KEEPALIVED_CONF_PATH = "/etc/keepalived/keepalived.conf"
 TUNNEL_SCRIPT = "chk_dmvpn_tunnel"
 # A shell script, not `appliance check-tunnel` itself: keepalived runs it every 2 s (see the template).
 TUNNEL_CHECK_PATH = "/etc/keepalived/appliance-check-tunnel"
-# keepalived appends: "GROUP"|"INSTANCE" <name> <state> <priority>
-NOTIFY_COMMAND = "/usr/bin/env appliance vrrp-notify"
+# keepalived writes each state change to the FIFO and runs the reader once, with the FIFO's path.
+NOTIFY_FIFO = "/run/appliance-vrrp.fifo"  # keepalived creates it (not its directory)
+STATES_SCRIPT_PATH = "/etc/keepalived/appliance-vrrp-states"
+# Where the reader records each instance's state (appliance/status.py reads it; a test ties the two).
+VRRP_STATE_DIR = "/run/appliance/vrrp"
 
 
 def _advert_int(g: VrrpGroup) -> str:
@@ -56,16 +60,24 @@ def render_vrrp(site: Site) -> VrrpSpec:
         track_tunnel=any(g.track_tunnel for g in groups),
         tunnel_script=TUNNEL_SCRIPT,
         tunnel_check_command=TUNNEL_CHECK_PATH,
-        notify_command=NOTIFY_COMMAND,
+        notify_fifo=NOTIFY_FIFO,
+        notify_fifo_script=STATES_SCRIPT_PATH,
     )
     return VrrpSpec(config=config, tunnel_check=tunnel_check, track_tunnel=any(g.track_tunnel for g in groups))
+
+
+def render_states_script(state_dir: str = VRRP_STATE_DIR) -> str:
+    return template("appliance-vrrp-states.j2").render(state_dir=state_dir)
 
 
 def render_vrrp_files(spec: VrrpSpec) -> tuple[RenderedFile, ...]:
     if spec.config is None:
         return ()
-    files = (RenderedFile(KEEPALIVED_CONF_PATH, spec.config),)
+    # keepalived's script security: scripts root-owned, writable by root only
+    files = (
+        RenderedFile(KEEPALIVED_CONF_PATH, spec.config),
+        RenderedFile(STATES_SCRIPT_PATH, render_states_script(), 0o755),
+    )
     if spec.track_tunnel and spec.tunnel_check is not None:
-        # keepalived's script security: root-owned, writable by root only
         files += (RenderedFile(TUNNEL_CHECK_PATH, spec.tunnel_check, 0o755),)
     return files

@@ -16,7 +16,7 @@ from appliance.drivers.vrrp import VrrpDriver, config_hash, keepalived_config_te
 from appliance.model.schema import Vrrp, VrrpGroup
 from appliance.model.validate import load_site
 from appliance.render import render_site
-from appliance.render.vrrp import KEEPALIVED_CONF_PATH, TUNNEL_CHECK_PATH
+from appliance.render.vrrp import KEEPALIVED_CONF_PATH, STATES_SCRIPT_PATH, TUNNEL_CHECK_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"DMVPN_PSK": "vrrp-test-psk-0123456789abcdef", "OSPF_KEY": "md5-vrrp-key", "BGP_PASSWORD": "bgp-vrrp-pw"}
@@ -124,6 +124,7 @@ def test_first_apply_installs_checked_config_and_starts_keepalived(ctx):
     changes = driver.diff(state)
     assert [(c.action, c.kind, c.description) for c in changes] == [
         (CREATE, "file", f"write {KEEPALIVED_CONF_PATH}"),
+        (CREATE, "file", f"write {STATES_SCRIPT_PATH}"),
         (CREATE, "daemon", "start keepalived"),
     ]
     driver.apply(changes)
@@ -184,7 +185,11 @@ def test_site_without_groups_stops_the_keepalived_the_appliance_configured(ctx):
     bare = without_vrrp()
     assert bare.vrrp.config is None
     changes = driver.diff(bare)
-    assert [(c.action, c.kind, c.disruptive) for c in changes] == [(REMOVE, "daemon", True), (REMOVE, "file", False)]
+    assert [(c.action, c.kind, c.disruptive) for c in changes] == [
+        (REMOVE, "daemon", True),
+        (REMOVE, "file", False),
+        (REMOVE, "file", False),
+    ]
     driver.apply(changes)
     driver.verify(bare)
     assert ctx.services.calls == [("stop", "keepalived")]
@@ -202,7 +207,7 @@ def test_site_without_groups_leaves_a_foreign_keepalived_alone(ctx):
 
 
 def test_claims_the_keepalived_file_and_the_tunnel_check(ctx):
-    assert VrrpDriver(ctx).claims(desired()) == {KEEPALIVED_CONF_PATH, TUNNEL_CHECK_PATH}
+    assert VrrpDriver(ctx).claims(desired()) == {KEEPALIVED_CONF_PATH, STATES_SCRIPT_PATH, TUNNEL_CHECK_PATH}
 
 
 def test_tunnel_check_is_installed_while_a_group_tracks_the_tunnel(ctx):

@@ -55,7 +55,7 @@ def test_sub_second_v3_advertisements_and_tunnel_tracking(tmp_path: Path) -> Non
     assert "unicast_src_ip 10.0.1.1" in fast and "10.0.1.2" in fast
     assert "10.0.1.254/24 dev eth1" in fast
     assert "chk_dmvpn_tunnel" in fast and "eth0" in fast
-    assert 'notify "/usr/bin/env appliance vrrp-notify"' in fast
+    assert not [line for line in fast if line.startswith("notify")]  # states go through the FIFO, in order
 
 
 def test_v2_whole_seconds_and_no_preempt(tmp_path: Path) -> None:
@@ -67,13 +67,13 @@ def test_v2_whole_seconds_and_no_preempt(tmp_path: Path) -> None:
 def test_tunnel_check_script_only_when_a_group_tracks_the_tunnel(tmp_path: Path) -> None:
     tracked = render_vrrp(load_text(example_text("spoke1", TWO_GROUPS), tmp_path).site)
     assert f'script "{TUNNEL_CHECK_PATH}"' in tracked.config
-    script = render_vrrp_files(tracked)[1]
+    script = render_vrrp_files(tracked)[2]
     assert (script.path, script.mode, script.content) == (TUNNEL_CHECK_PATH, 0o755, tracked.tunnel_check)
     untracked = (TWO_GROUPS[0], TWO_GROUPS[1].replace(" track_tunnel: true,", ""))
     assert "vrrp_script" not in config(tmp_path, untracked)
     assert [
         f.path for f in render_vrrp_files(render_vrrp(load_text(example_text("spoke1", untracked), tmp_path).site))
-    ] == ["/etc/keepalived/keepalived.conf"]
+    ] == ["/etc/keepalived/keepalived.conf", "/etc/keepalived/appliance-vrrp-states"]
 
 
 # `ip xfrm state list proto esp mode transport` as iproute2 6.1 prints it (key material made up)
@@ -154,3 +154,42 @@ def test_keepalived_accepts_the_config(tmp_path: Path) -> None:
         ["unshare", "--net", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=30, check=False
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_state_reader_records_keepalived_fifo_lines_in_order(tmp_path: Path) -> None:
+    """The rendered reader run by /bin/sh on a real FIFO, as keepalived runs it (the FIFO last)."""
+    import json
+    import os
+
+    from appliance import status
+    from appliance.render.vrrp import VRRP_STATE_DIR, render_states_script
+
+    assert Path(VRRP_STATE_DIR) == status.VRRP_STATE_DIR  # what the reader writes is what `show vrrp` reads
+    states = tmp_path / "vrrp"
+    script = tmp_path / "reader"
+    script.write_text(render_states_script(str(states)))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "logger").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/log\n')
+    (tools / "logger").chmod(0o755)
+    reader = subprocess.Popen(
+        ["/bin/sh", str(script), "--as-keepalived-passes-it", str(fifo)],
+        env={"PATH": f"{tools}:/usr/bin:/bin"},
+    )
+    with open(fifo, "w") as keepalived:
+        keepalived.write('INSTANCE "hublan" BACKUP 200\nINSTANCE "hublan" MASTER 200\n')
+        keepalived.write('INSTANCE "../evil" MASTER 1\nINSTANCE "lan" FAULT x\nGROUP "pair" BACKUP 0\n')
+    assert reader.wait(timeout=30) == 0  # keepalived closing the FIFO ends it
+    hublan = json.loads((states / "hublan.json").read_text())
+    assert (hublan["state"], hublan["priority"], hublan["kind"]) == ("MASTER", 200, "INSTANCE")  # the newer one
+    assert json.loads((states / "lan.json").read_text())["priority"] == 0  # not a number: 0
+    assert sorted(p.name for p in states.iterdir()) == ["hublan.json", "lan.json", "pair.json"]  # no ../evil
+    assert (tmp_path / "log").read_text().splitlines()[:2] == [
+        "-t appliance vrrp instance hublan: BACKUP (priority 200)",
+        "-t appliance vrrp instance hublan: MASTER (priority 200)",
+    ]
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(status, "VRRP_STATE_DIR", states)
+        assert [g["name"] for g in status.vrrp()["groups"]] == ["hublan", "lan", "pair"]
