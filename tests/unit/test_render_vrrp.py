@@ -180,6 +180,7 @@ def test_state_reader_records_keepalived_fifo_lines_in_order(tmp_path: Path) -> 
     )
     with open(fifo, "w") as keepalived:
         keepalived.write('INSTANCE "hublan" BACKUP 200\nINSTANCE "hublan" MASTER 200\n')
+        keepalived.write('INSTANCE "hublan" MASTER_RX_LOWER_PRI 200\n')  # an event, not a state
         keepalived.write('INSTANCE "../evil" MASTER 1\nINSTANCE "lan" FAULT x\nGROUP "pair" BACKUP 0\n')
     assert reader.wait(timeout=30) == 0  # keepalived closing the FIFO ends it
     hublan = json.loads((states / "hublan.json").read_text())
