@@ -36,6 +36,7 @@ from typing import Any
 
 from ..render.frr import DAEMONS_PATH, FRR_CONF_PATH, VTYSH_CONF_PATH, render_daemons_file
 from ..render.spec import DesiredState, RenderedFile
+from ..services import pid_alive
 from .base import (
     CHANGE,
     CREATE,
@@ -131,16 +132,6 @@ def in_sync_key(config: str, running: str, tools: str) -> str:
 _claimed: set[Path] = set()  # work directories this process (by pid) has made its own
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def private_work_dir(root: Path = Path("/")) -> Path:
     """This process's 0700 directory for config copies. The first call of a process removes what
     dead processes left: their directories, and LEFTOVERS older than LEFTOVER_AGE_S."""
@@ -153,7 +144,7 @@ def private_work_dir(root: Path = Path("/")) -> Path:
     os.chmod(base, 0o700)
     for d in base.iterdir():
         # A directory named after this pid was left by a dead process that had the same pid.
-        if d.name.isdigit() and (d == mine or not _alive(int(d.name))):
+        if d.name.isdigit() and (d == mine or not pid_alive(int(d.name))):
             shutil.rmtree(d, ignore_errors=True)
     now = time.time()
     for directory, pattern in LEFTOVERS:
