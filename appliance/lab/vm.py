@@ -37,7 +37,6 @@ class VmConfig:
     accel: str = "tcg"  # "kvm" | "tcg"
     memory_mib: int = 2048
     cpus: int = 2
-    tcg_cpu: str = TCG_CPU
 
 
 def missing_requirements() -> list[str]:
@@ -78,9 +77,7 @@ def qemu_argv(
 ) -> list[str]:
     mem = f"{config.memory_mib}M"
     accel = (
-        ["-accel", "kvm", "-cpu", "host"]
-        if config.accel == "kvm"
-        else ["-accel", "tcg,thread=multi", "-cpu", config.tcg_cpu]
+        ["-accel", "kvm", "-cpu", "host"] if config.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", TCG_CPU]
     )
     append = " ".join(
         [
