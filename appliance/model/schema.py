@@ -201,8 +201,8 @@ class OspfAuth(Strict):
 class Ospf(Strict):
     router_id: IPv4Address
     area: IPv4Address | Annotated[int, Field(ge=0, le=4294967295)] = 0
-    # Default by role: hub point-to-multipoint, spoke point-to-point (measured: p2p on a hub with
-    # several spokes sticks in ExStart).
+    # Default: point-to-multipoint on a hub and on a spoke with several hubs, point-to-point on a
+    # spoke with one hub (measured: p2p with more than one neighbour sticks in ExStart).
     network_type: Literal["point-to-multipoint", "point-to-point", "broadcast"] | None = None
     authentication: OspfAuth | None = None
     passive: list[InterfaceName] | None = None  # default: every LAN interface

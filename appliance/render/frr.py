@@ -140,8 +140,11 @@ def ospf_network_type(site: Site, ospf: Ospf) -> str:
         return ospf.network_type
     if site.dmvpn.nhrp.phase == 2:
         return "broadcast"
-    # Measured: point-to-point on a hub with several spokes sticks in ExStart.
-    return "point-to-multipoint" if site.role == "hub" else "point-to-point"
+    # Measured: point-to-point on a hub with several spokes sticks in ExStart, and so does a spoke
+    # with two hubs ("Point-to-Point link on interface dmvpn0 has more than 1 neighbor").
+    if site.role == "hub" or len(site.dmvpn.nhrp.nhs) > 1:
+        return "point-to-multipoint"
+    return "point-to-point"
 
 
 def _area(ospf: Ospf) -> str:

@@ -43,6 +43,12 @@ def test_ospf_network_type_spoke_point_to_point_hub_point_to_multipoint(tmp_path
     assert "ip ospf network point-to-multipoint" in block(conf(tmp_path, "hub"), "interface dmvpn0")
 
 
+def test_ospf_network_type_spoke_with_two_hubs_point_to_multipoint(tmp_path: Path) -> None:
+    # A point-to-point link takes one neighbour: with two hubs ospfd sticks in ExStart (HA lab).
+    tun = block(conf(tmp_path, "spoke-dual-hub"), "interface dmvpn0")
+    assert "ip ospf network point-to-multipoint" in tun
+
+
 def test_phase2_runs_broadcast_with_the_hub_as_dr_and_spokes_never_dr(tmp_path: Path) -> None:
     phase2 = ("    phase: 3\n", "    phase: 2\n")
     hub = block(conf(tmp_path, "hub", phase2), "interface dmvpn0")
