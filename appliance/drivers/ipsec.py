@@ -50,9 +50,10 @@ SERVICE = "strongswan"
 SOCKET_WAIT_S = 60.0  # TCG is slow: charon needs seconds to open its socket
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 
-# apply order of the payload kinds: files first, so that a charon started here reads our strongswan.d
-_STEPS = ("file", "start", "restart", "unload_conn", "forget_conn", "unload_shared", "drop_cred", "cred", "shared",
-          "conn")  # fmt: skip
+# apply order of the payload kinds: files first (certificates and keys too), so that a charon
+# started here reads our strongswan.d and its `swanctl --load-all` finds every file swanctl.conf names
+_STEPS = ("file", "cred_file", "start", "restart", "unload_conn", "forget_conn", "unload_shared", "drop_cred", "cred",
+          "shared", "conn")  # fmt: skip
 
 
 class CharonUnreachable(Exception):
@@ -430,7 +431,10 @@ class IpsecDriver:
 
     def apply(self, changes: list[Change]) -> None:
         order = {step: i for i, step in enumerate(_STEPS)}
-        payloads = sorted((c.payload for c in changes), key=lambda p: order.get(p[0], len(_STEPS)))
+        # a credential is installed as a file before charon (re)starts, and loaded over VICI after
+        steps = [c.payload for c in changes]
+        steps += [("cred_file", *p[1:]) for p in steps if p[0] == "cred"]
+        payloads = sorted(steps, key=lambda p: order.get(p[0], len(_STEPS)))
         for payload in payloads:
             step = payload[0]
             if step == "start":
@@ -447,6 +451,9 @@ class IpsecDriver:
                 continue
             if step == "drop_cred":
                 self._drop_credential(payload[1], payload[2])
+                continue
+            if step == "cred_file":
+                self._install_credential(payload[1], payload[2])
                 continue
             session = self.session() or self._wait_for_charon()
             if step == "unload_conn":
@@ -476,10 +483,13 @@ class IpsecDriver:
         service_call(self.services, self.name, verb, SERVICE)
         self._wait_for_charon()
 
+    def _install_credential(self, cred: CredentialFile, text: str) -> None:
+        private = cred.kind == "private"
+        self._record("credentials", cred.path, {"pending": True})  # write-ahead: owned, state unknown
+        write_rendered(self.ctx, RenderedFile(cred.path, text, 0o600 if private else 0o644, secret=private))
+
     def _load_credential(self, session, cred: CredentialFile, text: str) -> None:
         private = cred.kind == "private"
-        self._record("credentials", cred.path, {"pending": True})
-        write_rendered(self.ctx, RenderedFile(cred.path, text, 0o600 if private else 0o644, secret=private))
         if private:
             key_type = cred.key_type or "any"
             message = {"type": key_type, "data": text}

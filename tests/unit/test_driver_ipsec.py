@@ -271,6 +271,29 @@ def x509_desired(creds):
     return desired(auth=IpsecAuth(x509=X509Auth(ca=creds.ca, cert=creds.cert, key=creds.key)))
 
 
+def test_x509_files_are_on_disk_before_charon_starts(ctx, tmp_path, monkeypatch, creds):
+    # strongswan.service runs `swanctl --load-all`, which fails on a certificate swanctl.conf names
+    # but that is not there yet (seen in the x509 lab: the first apply failed at ipsec)
+    sock = tmp_path / "charon.vici"
+    monkeypatch.setenv("APPLIANCE_VICI_SOCKET", str(sock))
+    charon = FakeCharon()
+    names = ("/etc/swanctl/x509ca/ca.pem", "/etc/swanctl/x509/hub.pem", "/etc/swanctl/private/hub.key")
+    on_disk_at_start = []
+
+    def start() -> None:
+        on_disk_at_start.extend(p for p in names if ctx.path(p).exists())
+        charon.listen(sock)
+
+    ctx.services = FakeServices(on_start=start)
+    try:
+        driver = IpsecDriver(ctx)
+        driver.apply(driver.diff(x509_desired(creds)))
+        assert on_disk_at_start == list(names)
+        assert charon.writes() == ["load-cert", "load-cert", "load-key", "load-conn"]
+    finally:
+        charon.close()
+
+
 def test_x509_installs_credentials_loads_them_and_sends_certificates_not_file_names(ctx, charon, creds):
     state = x509_desired(creds)
     driver = IpsecDriver(ctx, connect=charon.connect)
