@@ -167,12 +167,7 @@ DRIFTS: dict[str, tuple[str, str, str]] = {
         "firewall",
         "nft list chain inet appliance input | grep -q public-ike",
     ),
-    "ipsec-unloaded": (
-        "for c in $(swanctl --list-conns | sed -n 's/^\\([^ :]*\\): .*/\\1/p'); do swanctl --unload-conn --name $c;"
-        " done",
-        "ipsec",
-        "test -n \"$(swanctl --list-conns | sed -n 's/^\\([^ :]*\\): .*/\\1/p')\"",
-    ),
+    "ipsec-unloaded": ("swanctl --unload-conn --name dmvpn", "ipsec", "swanctl --list-conns | grep -q '^dmvpn:'"),
     "nhrpd-killed": ("kill -9 $(cat /run/frr/nhrpd.pid)", "frr", "kill -0 $(cat /run/frr/nhrpd.pid)"),
 }
 
