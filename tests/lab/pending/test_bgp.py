@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from dmvpn import APPLIANCE, TOPOLOGIES, appliance, ping, route_to, run_and_expect, show, wait_ping
+from dmvpn import APPLIANCE, TOPOLOGIES, appliance, ping, pinging, route_to, run_and_expect, show, wait_ping
 
 pytestmark = pytest.mark.lab
 
@@ -39,7 +39,7 @@ def test_summary_only_then_shortcut_between_spokes(bgp):
     assert "10.0.2.0/24" not in learned  # the hub advertises only the summary
     wait_ping(bgp, "host1", "10.0.2.10")
     run_and_expect(
-        lambda: route_to(bgp, "spoke1", "10.0.2.0/24"),
+        pinging(bgp, "host1", "10.0.2.10", lambda: route_to(bgp, "spoke1", "10.0.2.0/24")),
         lambda r: r is not None and r.get("protocol") == "nhrp" and r.get("gateway") == "172.16.0.12",
         120,
         what="spoke1 shortcut to 10.0.2.0/24 under a summary route",
