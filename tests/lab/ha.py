@@ -167,8 +167,20 @@ DRIFTS: dict[str, tuple[str, str, str]] = {
         "firewall",
         "nft list chain inet appliance input | grep -q public-ike",
     ),
-    "ipsec-unloaded": ("swanctl --unload-conn --name dmvpn", "ipsec", "swanctl --list-conns | grep -q '^dmvpn:'"),
-    "nhrpd-killed": ("kill -9 $(cat /run/frr/nhrpd.pid)", "frr", "kill -0 $(cat /run/frr/nhrpd.pid)"),
+    # swanctl 5.9.8 has no --unload-conn: VICI's unload-conn, from the appliance's own Python
+    "ipsec-unloaded": (
+        f"$(dirname $(readlink -f {APPLIANCE}))/python -c"
+        " \"import vici; vici.Session().unload_conn({'name': 'dmvpn'})\"",
+        "ipsec",
+        "swanctl --list-conns | grep -q '^dmvpn:'",
+    ),
+    # watchfrr restarts a daemon that dies by itself (seconds): the supervisor's case is FRR
+    # without its watchdog
+    "nhrpd-and-watchfrr-killed": (
+        "kill -9 $(cat /run/frr/watchfrr.pid) $(cat /run/frr/nhrpd.pid)",
+        "frr",
+        "kill -0 $(cat /run/frr/nhrpd.pid) && kill -0 $(cat /run/frr/watchfrr.pid)",
+    ),
 }
 
 

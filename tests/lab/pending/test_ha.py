@@ -114,24 +114,25 @@ def test_forged_vrrp_is_dropped_and_counted(ha, master, backup, host, source, de
 
 
 @pytest.mark.parametrize(
-    "master, backup, host, vip, failure, repair, silent",
+    "master, backup, host, vip, where, failure, repair, silent",
     [
         # the spoke pair's master drops off its LAN (sub-second advertisements): it falls silent,
         # the backup waits out the master-down interval
-        ("spokea", "spokeb", "host7", SPOKE_VIP, "ip link set eth1 down", "ip link set eth1 up", True),
-        # the first hub loses its public link (tracked interface), one-second advertisements: it
-        # is still on the LAN and resigns with a priority-0 advertisement, so the backup takes over
-        # at once (measured: no ping lost)
-        ("hub", "hub2", "host0", HUB_VIP, "ip link set eth0 down", "ip link set eth0 up", False),
+        ("spokea", "spokeb", "host7", SPOKE_VIP, "spokea", "ip link set eth1 down", "ip link set eth1 up", True),
+        # the first hub's public link loses its carrier (the provider's side goes down; tracked
+        # interface), one-second advertisements: the hub is still on the LAN and resigns with a
+        # priority-0 advertisement, so the backup takes over at once (measured: no ping lost).
+        # Carrier loss, not `ip link set eth0 down` on the hub: that deletes its default route.
+        ("hub", "hub2", "host0", HUB_VIP, "inet", "ip link set eth1 down", "ip link set eth1 up", False),
     ],
     ids=["spoke-pair-lan-down", "hub-public-link-down"],
 )
 def test_backup_takes_the_virtual_address_within_the_master_down_interval(
-    ha, master, backup, host, vip, failure, repair, silent
+    ha, master, backup, host, vip, where, failure, repair, silent
 ):
     bound = (master_down_interval(backup) if silent else vrrp_group(backup)["advert_interval"]) + TCG_MARGIN_S
     try:
-        outage = ping_outage(ha, host, vip, lambda: ha.check(master, failure))
+        outage = ping_outage(ha, host, vip, lambda: ha.check(where, failure))
         print(f"{master} -> {backup}: {outage} (bound {bound:.2f} s)")
         wait_master(ha, backup, "eth1", vip, timeout=30)
         if silent:  # a silent master costs pings, or the ping did not watch the failover
@@ -139,7 +140,7 @@ def test_backup_takes_the_virtual_address_within_the_master_down_interval(
         assert outage.seconds <= bound, f"{outage}, more than {bound:.2f} s"
         assert outage.lost <= math.ceil(bound / outage.interval), str(outage)
     finally:
-        ha.check(master, repair)
+        ha.check(where, repair)
     wait_master(ha, master, "eth1", vip, timeout=120)  # preempts back
     assert not holds_address(ha, backup, "eth1", vip)
 
