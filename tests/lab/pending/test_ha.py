@@ -1,15 +1,17 @@
 """High availability (tests/lab/topologies/ha.yaml): VRRP failover on the hub LAN and on a spoke
 pair's LAN within the bound the configured intervals give, a spoke that loses its tunnel giving up
-mastership, forged VRRP dropped and counted, drift repaired by `appliance supervise`, and its
-metrics reachable only from the box itself."""
+mastership, one of two hubs stopped (issue 5's dual hub: spokes register with both, traffic
+continues through the other), forged VRRP dropped and counted, drift repaired by `appliance
+supervise`, and its metrics reachable only from the box itself."""
 
 from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
-from dmvpn import TOPOLOGIES, show, wait_ping
+from dmvpn import TOPOLOGIES, cache_entry, ping, show, wait_ping
 from ha import (
     APPLIANCE,
     DRIFTS,
@@ -160,6 +162,54 @@ def test_spoke_without_its_tunnel_gives_up_mastership(ha):
     finally:
         ha.check("spokea", f"{APPLIANCE} supervise --once >/dev/null", timeout=900)  # starts charon again
     wait_master(ha, "spokea", "eth1", SPOKE_VIP, timeout=180)
+
+
+# --- dual hub -------------------------------------------------------------------------------------
+
+
+def test_spokes_register_with_both_hubs(ha):
+    for spoke in ("spokea", "spokeb"):
+        nhs = show(ha, spoke, "dmvpn")["nhs"]
+        assert sorted((e["nbma"], e["registered"]) for e in nhs) == [("192.0.2.2", True), ("192.0.2.6", True)]
+    for hub in ("hub", "hub2"):
+        for overlay in (SPOKEA_TUNNEL, SPOKEB_TUNNEL):
+            assert cache_entry(ha, hub, overlay)["type"] == "dynamic", (hub, overlay)
+
+
+def both_hubs_serve(lab) -> None:
+    """Until both spokes are registered with both hubs again and the first hub is the LAN's master."""
+    for spoke in ("spokea", "spokeb"):
+        run_and_expect(
+            lambda s=spoke: show(lab, s, "dmvpn")["nhs"],
+            lambda n: sum(e["registered"] for e in n) == 2,
+            300,
+            what=f"{spoke} registered with both hubs",
+        )
+    wait_master(lab, "hub", "eth1", HUB_VIP, timeout=120)
+
+
+def test_traffic_continues_through_the_other_hub_when_one_stops(ha):
+    """The first hub is gone (its provider link loses carrier, its LAN port goes down): OSPF
+    reconverges over hub2, VRRP moves the hub LAN's gateway to hub2; the spoke LAN reaches the hub
+    LAN and the spokes reach each other through the tunnel."""
+    wait_ping(ha, "host7", "10.0.0.10")
+    wait_tunnel_ping(ha, "spokeb", SPOKEB_TUNNEL, SPOKEA_TUNNEL)
+    ha.check("inet", "ip link set eth1 down")
+    ha.check("hub", "ip link set eth1 down")
+    stopped = time.monotonic()
+    try:
+        wait_ping(ha, "host7", "10.0.0.10", timeout=180)
+        print(f"hub LAN reachable through hub2 after {time.monotonic() - stopped:.0f} s (lab transport included)")
+        wait_master(ha, "hub2", "eth1", HUB_VIP, timeout=60)
+        assert ping(ha, "host7", "10.0.0.10", count=5, interval=0.3)[0] >= 4
+        wait_tunnel_ping(ha, "spokeb", SPOKEB_TUNNEL, SPOKEA_TUNNEL, timeout=120)
+        for spoke in ("spokea", "spokeb"):  # the second hub kept them registered all along
+            nhs = {e["nbma"]: e["registered"] for e in show(ha, spoke, "dmvpn")["nhs"]}
+            assert nhs["192.0.2.6"], (spoke, nhs)
+    finally:
+        ha.check("hub", "ip link set eth1 up")
+        ha.check("inet", "ip link set eth1 up")
+    both_hubs_serve(ha)
 
 
 # --- supervisor -----------------------------------------------------------------------------------
