@@ -16,6 +16,7 @@ import argparse
 import os
 import shlex
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOPOLOGY = REPO / "tests" / "lab" / "topologies" / "apply.yaml"
 NAME = "apply-bench"
 NODES = {"hub": REPO / "examples" / "hub.yaml", "spoke1": REPO / "examples" / "spoke1.yaml"}
-APPLIANCE = "APPLIANCE_SERVICE_MANAGER=lab /work/main/.venv/bin/appliance"
+APPLIANCE = f"APPLIANCE_SERVICE_MANAGER=lab {Path(sys.executable).with_name('appliance')}"  # same path in the VM
 YARDSTICK = {"vtysh": "vtysh -c 'show running-config'", "swanctl": "swanctl --list-conns"}
 BUDGET_QUERIES = 3
 TIMEOUT_S = 1800  # TCG under contention: an apply has been measured at minutes

@@ -103,6 +103,11 @@ def render_ipsec(site: Site) -> IpsecSpec:
         "dpd_action": ip.dpd.action,
         "rekey_time": _seconds(ip.child_lifetime),
     }
+    if site.role == "spoke":
+        # A peer that deletes our SA (its charon stopping, an operator's terminate) may keep its NHRP
+        # entry for us; if we sit behind NAT it cannot open IKE towards us again (measured: a black
+        # hole until the entry expires). So the spoke re-initiates at once; one try, then the trap.
+        child["close_action"] = "start"
     conn["children"] = {CHILD: child}
     return IpsecSpec(connections={CONNECTION: conn}, secrets=secrets, credentials=credentials)
 

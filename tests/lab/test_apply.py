@@ -9,6 +9,7 @@ The tests run in file order: the first one checks the state `lab up` left.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
 TOPOLOGY = REPO / "tests" / "lab" / "topologies" / "apply.yaml"
-APPLIANCE = "APPLIANCE_SERVICE_MANAGER=lab /work/main/.venv/bin/appliance"
+APPLIANCE = f"APPLIANCE_SERVICE_MANAGER=lab {Path(sys.executable).with_name('appliance')}"  # same path in the VM
 HOST_ROOT = "/host"  # the host's root as the VM sees it: site files are read there
 SITES = {"hub": f"{HOST_ROOT}{REPO}/examples/hub.yaml", "spoke1": f"{HOST_ROOT}{REPO}/examples/spoke1.yaml"}
 HUB_TEXT = (REPO / "examples" / "hub.yaml").read_text()

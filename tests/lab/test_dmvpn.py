@@ -14,6 +14,7 @@ import re
 import pytest
 from dmvpn import (
     APPLIANCE,
+    REPO,
     appliance,
     cache_entry,
     configure_box,
@@ -180,7 +181,7 @@ def test_phase3_spoke_to_spoke_goes_direct_after_the_first_packets(core):
 
 def test_tunnel_policy_of_the_site_is_enforced(core, tmp_path_factory):
     """Re-apply the hub with a tunnel rule dropping ICMP from spoke1's LAN to the hub LAN."""
-    site = core.check("hub", "cat /work/main/examples/hub.yaml")
+    site = core.check("hub", f"cat {REPO}/examples/hub.yaml")
     policy = (
         "\n  tunnel:\n    rules:\n      - {action: drop, sources: [10.0.1.0/24], destinations: [10.0.0.0/24], "
         "protocol: icmp}\n"
@@ -195,7 +196,7 @@ def test_tunnel_policy_of_the_site_is_enforced(core, tmp_path_factory):
         assert ping(core, "host1", "10.0.0.10", count=3)[0] == 0
         assert ping(core, "host2", "10.0.0.10", count=3)[0] == 3
     finally:
-        appliance(core, "hub", "apply /work/main/examples/hub.yaml")
+        appliance(core, "hub", f"apply {REPO}/examples/hub.yaml")
     wait_ping(core, "host1", "10.0.0.10", timeout=60)
 
 
@@ -203,7 +204,7 @@ def test_wrong_md5_key_forms_no_adjacency_and_its_routes_are_not_learned(core):
     good = get_secret(core, "spoke2", "OSPF_KEY")
     set_secret(core, "spoke2", "OSPF_KEY", "wrong-key")
     try:
-        appliance(core, "spoke2", "apply /work/main/examples/spoke2.yaml")
+        appliance(core, "spoke2", f"apply {REPO}/examples/spoke2.yaml")
         run_and_expect(
             lambda: show(core, "hub", "ospf"),
             lambda d: "10.0.2.1" not in {n["router_id"] for n in d["neighbours"]} and "10.0.2.0/24" not in d["routes"],
@@ -219,7 +220,7 @@ def test_wrong_md5_key_forms_no_adjacency_and_its_routes_are_not_learned(core):
         )
     finally:
         set_secret(core, "spoke2", "OSPF_KEY", good)
-        appliance(core, "spoke2", "apply /work/main/examples/spoke2.yaml")
+        appliance(core, "spoke2", f"apply {REPO}/examples/spoke2.yaml")
     core.expect("hub", f"{APPLIANCE} show ospf --json", lambda d: "10.0.2.0/24" in d["routes"], timeout=180)
 
 

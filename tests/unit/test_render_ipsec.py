@@ -31,8 +31,15 @@ def test_gre_is_protected_by_a_transport_mode_trap_to_any_peer(tmp_path: Path) -
             "start_action": "trap",
             "dpd_action": "trap",
             "rekey_time": "3600s",
+            "close_action": "start",
         }
     }
+
+
+def test_a_spoke_re_initiates_when_its_peer_closes_the_sa_and_a_hub_does_not(tmp_path: Path) -> None:
+    # a spoke behind NAT is reachable only through an SA it opened itself (README, spokes behind NAT)
+    assert conn(tmp_path, name="spoke3-nat")["children"]["dmvpn"]["close_action"] == "start"
+    assert "close_action" not in conn(tmp_path, name="hub")["children"]["dmvpn"]
 
 
 def test_ikev2_defaults(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from dmvpn import APPLIANCE, TOPOLOGIES, appliance, ping, pinging, route_to, run_and_expect, show, wait_ping
+from dmvpn import APPLIANCE, REPO, TOPOLOGIES, appliance, ping, pinging, route_to, run_and_expect, show, wait_ping
 
 pytestmark = pytest.mark.lab
 
@@ -49,7 +49,7 @@ def test_summary_only_then_shortcut_between_spokes(bgp):
 
 
 def test_without_the_summary_spokes_learn_each_others_lans(bgp):
-    site = bgp.check("hub", "cat /work/main/examples/bgp/hub.yaml")
+    site = bgp.check("hub", f"cat {REPO}/examples/bgp/hub.yaml")
     assert "summary_only: [10.0.0.0/16]" in site
     bgp.lab.exec(
         "hub",
@@ -65,4 +65,4 @@ def test_without_the_summary_spokes_learn_each_others_lans(bgp):
         assert "172.16.0.12" in nexthops, learned["10.0.2.0/24"]  # the reflector keeps spoke2 as next hop
         wait_ping(bgp, "host1", "10.0.2.10")
     finally:
-        appliance(bgp, "hub", "apply /work/main/examples/bgp/hub.yaml")
+        appliance(bgp, "hub", f"apply {REPO}/examples/bgp/hub.yaml")
