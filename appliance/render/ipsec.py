@@ -19,6 +19,11 @@ from .spec import CredentialFile, IpsecSpec, RenderedFile, SharedSecret
 
 CONNECTION = "dmvpn"
 CHILD = "dmvpn"
+# Every CHILD_SA of the connection shares one reqid. Otherwise an SA charon opens from the trap gets
+# the trap's reqid and one a peer opens gets a new one; when two spokes open at once (measured after
+# a tunnel was recreated) both pairs stay up, the kernel's policy names only one reqid and ESP
+# arriving on the other is dropped (XfrmInTmplMismatch): a black hole between those two spokes.
+REQID = 1
 PSK_ID = "ike-dmvpn"  # swanctl.conf: a secrets section named ike<suffix> is an IKE secret
 SWANCTL_CONF_PATH = "/etc/swanctl/conf.d/appliance.conf"
 CHARON_CONF_PATH = "/etc/strongswan.d/appliance.conf"
@@ -100,6 +105,7 @@ def render_ipsec(site: Site) -> IpsecSpec:
         "remote_ts": [f"{net}[gre]" for net in underlay] if underlay else ["dynamic[gre]"],
         "esp_proposals": list(ip.esp_proposals),
         "start_action": "trap",
+        "reqid": str(REQID),
         "dpd_action": ip.dpd.action,
         "rekey_time": _seconds(ip.child_lifetime),
     }

@@ -36,6 +36,20 @@ REPO = Path(__file__).resolve().parents[2]
 collect_ignore = [] if os.environ.get("APPLIANCE_LAB_PENDING") == "1" else ["pending"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules marked with the same topology (`pytest.mark.lab("core")`) run one after another, so
+    that it boots once: a boot with its applies takes minutes under emulation."""
+
+    def topology(item: pytest.Item) -> str:
+        marker = item.get_closest_marker("lab")
+        return marker.args[0] if marker is not None and marker.args else item.module.__name__
+
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        first.setdefault(topology(item), i)
+    items.sort(key=lambda item: first[topology(item)])  # stable: order within a group is kept
+
+
 @dataclass
 class RunningLab:
     lab: Lab

@@ -34,7 +34,7 @@ from dmvpn import (
     xfrm_stat,
 )
 
-pytestmark = pytest.mark.lab
+pytestmark = pytest.mark.lab("core")  # one boot of core for every module on it
 
 HUB, SPOKE1, SPOKE2, NAT3 = "192.0.2.2", "198.51.100.2", "198.51.100.6", "203.0.113.2"
 

@@ -16,7 +16,7 @@ import pytest
 from appliance.lab.lab import Lab
 from appliance.lab.secrets import env_references
 
-pytestmark = pytest.mark.lab
+pytestmark = pytest.mark.lab("core")  # one boot of core for every module on it
 
 REPO = Path(__file__).resolve().parents[2]
 APPLIANCE = [str(Path(sys.executable).with_name("appliance"))]

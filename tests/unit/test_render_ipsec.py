@@ -29,6 +29,7 @@ def test_gre_is_protected_by_a_transport_mode_trap_to_any_peer(tmp_path: Path) -
             "remote_ts": ["dynamic[gre]"],
             "esp_proposals": ["aes256gcm16-ecp384"],
             "start_action": "trap",
+            "reqid": "1",
             "dpd_action": "trap",
             "rekey_time": "3600s",
             "close_action": "start",
