@@ -17,10 +17,8 @@ from typing import Any
 from . import engine, preflight, services
 from .drivers.base import Context, DriverError, Ledger
 from .generations import STATE_DIR, StateDir, StateError
-from .model.loader import SiteError
-from .model.validate import load_site
+from .model.problems import SiteError
 from .redact import Redactor
-from .render import render_site
 from .render.spec import DesiredState
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREFLIGHT = 0, 1, 2, 3
@@ -47,6 +45,11 @@ def out(*args: object) -> None:
 
 
 def load_desired(path: Path) -> tuple[DesiredState, str]:
+    # Imported here, not with the module: the schema (pydantic), the YAML loader and the renderers'
+    # templates are the largest part of a start-up, and confirm, rollback and generations need none.
+    from .model.validate import load_site
+    from .render import render_site
+
     try:
         loaded = load_site(path)
     except SiteError as e:
