@@ -17,6 +17,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError
 
+from .inputs import site_text
 from .problems import PathPart, Problem, SiteError, dotted
 
 
@@ -27,6 +28,7 @@ class Document:
     file: str
     root: Any  # ruamel CommentedMap/CommentedSeq tree (keeps marks)
     lines: list[str] = field(default_factory=list)
+    raw: bytes = field(default=b"", repr=False)  # the file's bytes, as read (load_document)
 
     @property
     def data(self) -> Any:
@@ -88,14 +90,17 @@ def load_document(path: str | Path) -> Document:
     """Parse a YAML file, rejecting duplicate keys; raise SiteError with marks on any failure."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
+        text = site_text(raw)
     except FileNotFoundError:
         raise SiteError([Problem(name, 0, 0, "(file)", "no such file")]) from None
     except OSError as e:
         raise SiteError([Problem(name, 0, 0, "(file)", f"cannot read: {e.strerror}")]) from None
     except UnicodeDecodeError as e:
         raise SiteError([Problem(name, 0, 0, "(file)", f"not UTF-8 text: {e.reason}")]) from None
-    return parse_document(text, name)
+    doc = parse_document(text, name)
+    doc.raw = raw
+    return doc
 
 
 def parse_document(text: str, name: str) -> Document:
