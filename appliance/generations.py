@@ -200,8 +200,8 @@ class StateDir:
         """After an apply that recorded no generation: when the current one holds exactly `desired`,
         `inputs` become its inputs (a comment edited, the appliance upgraded: the next apply reuses it)."""
         current = self.current()
-        if current is None or current.readable_desired() != desired:
-            return False
+        if current is None or current.inputs() == inputs or current.readable_desired() != desired:
+            return False  # nothing to note (a reused state: the same inputs), or another state
         _write_json(current.path / "inputs.json", inputs)
         return True
 

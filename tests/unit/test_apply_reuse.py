@@ -111,12 +111,15 @@ def refuse_loading(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_unchanged_inputs_reuse_the_last_desired_state_without_loading_or_rendering(box, monkeypatch, capsys):
     assert box.run("apply") == 0
+    record = box.state.current().path / "inputs.json"
+    written = record.stat()
     expected = full_render(box)
     refuse_loading(monkeypatch)
     assert box.load().desired == expected
     assert box.run("apply") == 0
     assert box.run("plan") == 0
     assert capsys.readouterr().out.splitlines()[-2:] == ["no changes", "no changes"]
+    assert (record.stat().st_ino, record.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)  # not rewritten
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=example_id)
@@ -197,6 +200,20 @@ def test_any_changed_input_loads_and_renders_again(box, renders, change):
     loaded = box.load()
     assert len(renders) == 2
     assert loaded.desired == full_render(box)
+
+
+def test_the_code_digest_covers_every_file_of_the_package_but_not_its_bytecode(tmp_path, monkeypatch):
+    package = tmp_path / "appliance"
+    shutil.copytree(reuse.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(reuse, "PACKAGE_DIR", package)
+    digest = reuse.code_digest.__wrapped__
+    before = digest()
+    (package / "render" / "__pycache__").mkdir(exist_ok=True)
+    (package / "render" / "__pycache__" / "frr.cpython-311.pyc").write_bytes(b"bytecode")
+    assert digest() == before
+    template = package / "render" / "templates" / "daemons.j2"
+    template.write_text(template.read_text() + "\n")
+    assert digest() != before
 
 
 def test_after_a_change_that_changes_nothing_on_the_box_the_next_apply_reuses(box, renders):
