@@ -79,8 +79,14 @@ class Generation:
             return {}
 
 
-def _write_json(path: Path, data: Any, mode: int = 0o600) -> None:
-    atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode=mode)
+def _write_json(path: Path, data: Any, mode: int = 0o600, sort_keys: bool = True) -> None:
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=sort_keys) + "\n", mode=mode)
+
+
+def _write_desired(generation: Path, desired: DesiredState) -> None:
+    # In the renderers' key order: reused or rolled back, the state is the rendered one to the
+    # order of the keys in the VICI and nftables messages the drivers send from it.
+    _write_json(generation / "desired.json", to_data(desired), sort_keys=False)
 
 
 class StateDir:
@@ -187,7 +193,7 @@ class StateDir:
         d.mkdir(parents=True, mode=0o700)
         if site_text is not None:
             atomic_write(d / "site.yaml", site_text, mode=0o600)
-        _write_json(d / "desired.json", to_data(desired))
+        _write_desired(d, desired)
         _write_json(d / "ledger.json", ledger)
         if inputs is not None:
             _write_json(d / "inputs.json", inputs)
@@ -202,6 +208,7 @@ class StateDir:
         current = self.current()
         if current is None or current.inputs() == inputs or current.readable_desired() != desired:
             return False  # nothing to note (a reused state: the same inputs), or another state
+        _write_desired(current.path, desired)  # the same state, in key order (older ones sorted keys)
         _write_json(current.path / "inputs.json", inputs)
         return True
 

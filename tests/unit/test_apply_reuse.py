@@ -17,6 +17,7 @@ from fakes import FakeDriver
 import appliance.render
 from appliance import engine_cli, reuse
 from appliance.cli import build_parser
+from appliance.desired_json import to_data
 from appliance.generations import StateDir
 from appliance.model import inputs, validate
 
@@ -123,12 +124,15 @@ def test_unchanged_inputs_reuse_the_last_desired_state_without_loading_or_render
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=example_id)
-def test_a_reused_desired_state_equals_a_full_render(box, monkeypatch, example):
+def test_a_reused_desired_state_equals_a_full_render_to_the_order_of_its_keys(box, monkeypatch, example):
     box.site.write_text(example.read_text())
     assert box.run("apply") == 0
     expected = full_render(box)
     refuse_loading(monkeypatch)
-    assert box.load().desired == expected
+    reused = box.load().desired
+    assert reused == expected
+    # the drivers send VICI and nftables messages built from these dicts in their key order
+    assert json.dumps(to_data(reused)) == json.dumps(to_data(expected))
 
 
 def _site_byte(box: Box) -> None:
@@ -223,6 +227,20 @@ def test_after_a_change_that_changes_nothing_on_the_box_the_next_apply_reuses(bo
     assert [g.number for g in box.state.generations()] == [1] and len(renders) == 2
     assert box.run("apply") == 0
     assert len(renders) == 2
+
+
+def test_an_older_appliances_generation_is_reused_after_one_apply_in_the_renderers_key_order(box, renders, monkeypatch):
+    assert box.run("apply") == 0
+    generation = box.state.current().path
+    (generation / "inputs.json").unlink()  # as recorded by an appliance before this one: sorted keys
+    desired = generation / "desired.json"
+    desired.write_text(json.dumps(json.loads(desired.read_text()), indent=1, sort_keys=True) + "\n")
+    assert box.run("apply") == 0  # loads: no record
+    assert len(renders) == 2 and [g.number for g in box.state.generations()] == [1]
+    expected = full_render(box)
+    refuse_loading(monkeypatch)
+    reused = box.load().desired
+    assert json.dumps(to_data(reused)) == json.dumps(to_data(expected))
 
 
 def test_a_reused_state_still_repairs_drift(box, renders, capsys):
