@@ -25,7 +25,7 @@ def eprint(*args: object) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .model.loader import SiteError
+    from .model.problems import SiteError
     from .model.validate import load_site
 
     status = EXIT_OK
@@ -54,7 +54,7 @@ def add_validate(sub: argparse._SubParsersAction) -> None:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from .files import write_tree
-    from .model.loader import SiteError
+    from .model.problems import SiteError
     from .model.validate import load_site
     from .render import render_site
 

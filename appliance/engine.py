@@ -154,12 +154,14 @@ def run_apply(
     before_step: Callable[[str], None] | None = None,
     keep_snapshots: Callable[[Snapshots], None] | None = None,
     record: bool = True,
+    inputs: dict[str, Any] | None = None,
 ) -> Result:
     """Apply `desired` all or nothing and record a generation. The caller holds the state lock.
 
     `before_step(subsystem)` is a test hook (kill points); `keep_snapshots` receives the snapshots
     of a successful apply (commit-confirm keeps them to undo a first apply). `record=False`
-    (drift repair) converges to `desired` without recording a new generation."""
+    (drift repair) converges to `desired` without recording a new generation. `inputs` (reuse.py)
+    go with the generation, or to the current one when nothing changed and it holds `desired`."""
     check_file_owners(drivers, desired)
     redactor = Redactor(desired.secrets)
     journal = {
@@ -198,7 +200,9 @@ def run_apply(
         raise ApplyError(step, cause, [redactor.text(x) for x in errors]) from e
     generation = None
     if record and (not applied.empty or state.current() is None):
-        generation = state.record(desired, ledger.data, site_text, meta).number
+        generation = state.record(desired, ledger.data, site_text, meta, inputs).number
+    elif record and inputs is not None:
+        state.note_inputs(desired, inputs)
     state.clear_journal()
     if keep_snapshots is not None:
         keep_snapshots(snapshots)

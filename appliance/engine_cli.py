@@ -11,16 +11,16 @@ import json
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import engine, preflight, services
+from . import engine, preflight, reuse, services
 from .drivers.base import Context, DriverError, Ledger
 from .generations import STATE_DIR, StateDir, StateError
-from .model.loader import SiteError
-from .model.validate import load_site
+from .model.inputs import SiteInputs, site_text
+from .model.problems import Problem, SiteError
 from .redact import Redactor
-from .render import render_site
 from .render.spec import DesiredState
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREFLIGHT = 0, 1, 2, 3
@@ -46,14 +46,40 @@ def out(*args: object) -> None:
 # --- shared steps ------------------------------------------------------------------------------
 
 
-def load_desired(path: Path) -> tuple[DesiredState, str]:
+@dataclass
+class LoadedDesired:
+    desired: DesiredState
+    inputs: SiteInputs  # what it was rendered from (secret values: never print or store)
+    warnings: list[Problem]
+
+    @property
+    def site_text(self) -> str:
+        return site_text(self.inputs.raw)
+
+
+def load_desired(path: Path, state: StateDir | None = None) -> LoadedDesired:
+    """The site's DesiredState: the current generation's of `state` when the site's inputs are those
+    it was rendered from (reuse.py), else loaded, validated and rendered. Warnings go to stderr."""
     try:
-        loaded = load_site(path)
+        loaded = _reuse_or_load(path, state)
     except SiteError as e:
         raise Stop(EXIT_BAD_INPUT, str(e)) from None
     for w in loaded.warnings:
         eprint(w.format())
-    return render_site(loaded.site), path.read_text(encoding="utf-8")
+    return loaded
+
+
+def _reuse_or_load(path: Path, state: StateDir | None) -> LoadedDesired:
+    reused = reuse.reuse(state, path) if state is not None else None
+    if reused is not None:
+        return LoadedDesired(reused.desired, reused.inputs, reused.warnings)
+    # Imported here, not with the module: the schema (pydantic), the YAML loader and the renderers'
+    # templates are the largest part of a start-up, and a reused DesiredState needs none of them.
+    from .model.validate import load_site
+    from .render import render_site
+
+    loaded = load_site(path)
+    return LoadedDesired(render_site(loaded.site), loaded.inputs, loaded.warnings)
 
 
 def make_context(state: StateDir) -> Context:
@@ -125,16 +151,16 @@ def print_timings(result: engine.Result) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    desired, _ = load_desired(args.site)
-    run_preflight(desired)
+    run_preflight(load_desired(args.site).desired)
     out("preflight: ok")
     return EXIT_OK
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    desired, _ = load_desired(args.site)
+    state = StateDir(args.state_dir)
+    desired = load_desired(args.site, state).desired
     run_preflight(desired)
-    ctx = make_context(StateDir(args.state_dir))
+    ctx = make_context(state)
     drivers = make_drivers(ctx)
     plan = engine.compute_plan(drivers, desired)
     redactor = Redactor(desired.secrets)
@@ -149,22 +175,36 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _apply(
-    state: StateDir, desired: DesiredState, site_text: str | None, meta: dict[str, Any], keep=None
+    state: StateDir,
+    desired: DesiredState,
+    site_text: str | None,
+    meta: dict[str, Any],
+    keep=None,
+    inputs: dict[str, Any] | None = None,
 ) -> engine.Result:
     ctx = make_context(state)
     drivers = make_drivers(ctx)
     try:
         return engine.run_apply(
-            drivers, desired, state, ctx.ledger, site_text=site_text, meta=meta, log=eprint, keep_snapshots=keep
+            drivers,
+            desired,
+            state,
+            ctx.ledger,
+            site_text=site_text,
+            meta=meta,
+            log=eprint,
+            keep_snapshots=keep,
+            inputs=inputs,
         )
     except engine.ApplyError as e:
         raise Stop(EXIT_FAILED, str(e)) from None
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    desired, site_text = load_desired(args.site)
-    run_preflight(desired)
     state = StateDir(args.state_dir)
+    loaded = load_desired(args.site, state)
+    desired = loaded.desired
+    run_preflight(desired)
     redactor = Redactor(desired.secrets)
     with _locked(state, "apply") as note:
         if note:
@@ -176,7 +216,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
             kept.update({driver.name: snap for driver, snap in snapshots})
 
         meta = {"what": "apply", "site": str(args.site.resolve())}
-        result = _apply(state, desired, site_text, meta, keep if args.confirm else None)
+        key = state.inputs_key(create=True)
+        inputs = reuse.inputs_record(loaded.inputs, loaded.warnings, key) if key is not None else None
+        result = _apply(state, desired, loaded.site_text, meta, keep if args.confirm else None, inputs)
         print_result(result, redactor)
         if args.timings:
             print_timings(result)

@@ -8,6 +8,10 @@
 - The journal (`journal.json`) exists while an apply runs. Found at start, it means the previous
   apply was killed: the new one says so and converges (every driver diffs the running state).
 - `pending-confirm.json` exists between `apply --confirm` and `confirm` (or the automatic rollback).
+- A generation applied from a site file also holds `inputs.json`: what loading the site read (its
+  path, the variables and files it names) and an HMAC of all of it, values included, under
+  `inputs.key` (random, this machine's, 0600). An apply or plan whose inputs give the same HMAC
+  reuses the generation's DesiredState (reuse.py); secret values enter only the HMAC.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -29,6 +34,7 @@ from .render.spec import DesiredState
 
 STATE_DIR = Path(os.environ.get("APPLIANCE_STATE_DIR", "/var/lib/appliance"))
 KEEP_GENERATIONS = 30
+INPUTS_KEY_BYTES = 32
 # How long a command waits for the supervisor's drift repair to release the lock (a repair re-applies
 # one subsystem: seconds on a box, a minute or two under emulation).
 REPAIR_WAIT_S = 180.0
@@ -51,6 +57,21 @@ class Generation:
     def desired(self) -> DesiredState:
         return from_data(json.loads((self.path / "desired.json").read_text()))
 
+    def readable_desired(self) -> DesiredState | None:
+        """desired(), or None when desired.json is missing or damaged."""
+        try:
+            return self.desired()
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+    def inputs(self) -> dict[str, Any] | None:
+        """inputs.json (reuse.py), or None when the generation has none or it is damaged."""
+        try:
+            data = json.loads((self.path / "inputs.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
     def ledger(self) -> dict[str, Any]:
         try:
             return json.loads((self.path / "ledger.json").read_text())
@@ -58,8 +79,14 @@ class Generation:
             return {}
 
 
-def _write_json(path: Path, data: Any, mode: int = 0o600) -> None:
-    atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode=mode)
+def _write_json(path: Path, data: Any, mode: int = 0o600, sort_keys: bool = True) -> None:
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=sort_keys) + "\n", mode=mode)
+
+
+def _write_desired(generation: Path, desired: DesiredState) -> None:
+    # In the renderers' key order: reused or rolled back, the state is the rendered one to the
+    # order of the keys in the VICI and nftables messages the drivers send from it.
+    _write_json(generation / "desired.json", to_data(desired), sort_keys=False)
 
 
 class StateDir:
@@ -149,7 +176,12 @@ class StateDir:
         raise StateError(f"no generation {number} (appliance generations lists them)")
 
     def record(
-        self, desired: DesiredState, ledger: dict[str, Any], site_text: str | None, meta: dict[str, Any]
+        self,
+        desired: DesiredState,
+        ledger: dict[str, Any],
+        site_text: str | None,
+        meta: dict[str, Any],
+        inputs: dict[str, Any] | None = None,
     ) -> Generation:
         """Write a complete generation; meta.json last, so a half-written one is never listed."""
         self.ensure()
@@ -161,12 +193,44 @@ class StateDir:
         d.mkdir(parents=True, mode=0o700)
         if site_text is not None:
             atomic_write(d / "site.yaml", site_text, mode=0o600)
-        _write_json(d / "desired.json", to_data(desired))
+        _write_desired(d, desired)
         _write_json(d / "ledger.json", ledger)
+        if inputs is not None:
+            _write_json(d / "inputs.json", inputs)
         full_meta = {"number": number, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta}
         _write_json(d / "meta.json", full_meta)
         self._prune()
         return Generation(number, d, full_meta)
+
+    def note_inputs(self, desired: DesiredState, inputs: dict[str, Any]) -> bool:
+        """After an apply that recorded no generation: when the current one holds exactly `desired`,
+        `inputs` become its inputs (a comment edited, the appliance upgraded: the next apply reuses it)."""
+        current = self.current()
+        if current is None or current.inputs() == inputs or current.readable_desired() != desired:
+            return False  # nothing to note (a reused state: the same inputs), or another state
+        _write_desired(current.path, desired)  # the same state, in key order (older ones sorted keys)
+        _write_json(current.path / "inputs.json", inputs)
+        return True
+
+    def inputs_key(self, create: bool = False) -> bytes | None:
+        """This machine's key for the HMAC in inputs.json; None when there is none or it is unreadable
+        (not root), unless `create` (an apply, holding the lock) makes one."""
+        path = self.root / "inputs.key"
+        try:
+            key = path.read_bytes()
+        except FileNotFoundError:
+            key = b""
+        except OSError:
+            return None
+        if len(key) == INPUTS_KEY_BYTES:
+            return key
+        if not create:
+            return None
+        # none yet, or damaged: a new one (inputs recorded under the old one no longer match)
+        key = secrets.token_bytes(INPUTS_KEY_BYTES)
+        self.ensure()
+        atomic_write(path, key, mode=0o600)
+        return key
 
     def _prune(self) -> None:
         gens = self.generations()

@@ -244,12 +244,17 @@ class FrrDriver:
 
     @staticmethod
     def _files(desired: DesiredState) -> dict[str, RenderedFile]:
+        # Built only when the desired state lacks the file: the daemons file is a template (jinja2).
         defaults = {
-            FRR_CONF_PATH: RenderedFile(FRR_CONF_PATH, desired.frr.config, 0o640, "frr", "frr", secret=True),
-            DAEMONS_PATH: RenderedFile(DAEMONS_PATH, render_daemons_file(desired.frr.daemons), 0o640, "frr", "frr"),
-            VTYSH_CONF_PATH: RenderedFile(VTYSH_CONF_PATH, "service integrated-vtysh-config\n", 0o640, "frr", "frrvty"),
+            FRR_CONF_PATH: lambda: RenderedFile(FRR_CONF_PATH, desired.frr.config, 0o640, "frr", "frr", secret=True),
+            DAEMONS_PATH: lambda: RenderedFile(
+                DAEMONS_PATH, render_daemons_file(desired.frr.daemons), 0o640, "frr", "frr"
+            ),
+            VTYSH_CONF_PATH: lambda: RenderedFile(
+                VTYSH_CONF_PATH, "service integrated-vtysh-config\n", 0o640, "frr", "frrvty"
+            ),
         }
-        return {path: find_file(desired, path) or f for path, f in defaults.items()}
+        return {path: find_file(desired, path) or default() for path, default in defaults.items()}
 
     # --- diff ---------------------------------------------------------------------------------
 

@@ -19,7 +19,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ..render.spec import DesiredState, RenderedFile
-from ..render.vrrp import KEEPALIVED_CONF_PATH, STATES_SCRIPT_PATH, TUNNEL_CHECK_PATH, render_vrrp_files
+from ..render.vrrp import (
+    KEEPALIVED_CONF_PATH,
+    STATES_SCRIPT_PATH,
+    TUNNEL_CHECK_PATH,
+    render_vrrp_files,
+    vrrp_paths,
+)
 from .base import (
     CHANGE,
     CREATE,
@@ -77,7 +83,10 @@ class VrrpDriver:
     @staticmethod
     def _files(desired: DesiredState) -> list[RenderedFile]:
         """keepalived.conf first, then its state reader, then the tunnel check when a group tracks the tunnel."""
-        return [find_file(desired, f.path) or f for f in render_vrrp_files(desired.vrrp)]
+        files = [find_file(desired, path) for path in vrrp_paths(desired.vrrp)]
+        if None in files:  # a desired state without them: render them (templates, so only then jinja2)
+            files = [f or rendered for f, rendered in zip(files, render_vrrp_files(desired.vrrp), strict=True)]
+        return files
 
     def _ledger(self) -> dict[str, Any]:
         return self.ctx.ledger.section(SUBSYSTEM)

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..model.loader import SiteError
+from ..model.problems import SiteError
 from . import LabError
 from .lab import Lab
 from .topology import load_topology

@@ -13,7 +13,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..model.validate import OSPF_MD5_MAX, read_secrets_env
+from ..model.inputs import read_secrets_env
+from ..model.validate import OSPF_MD5_MAX
 from ..redact import Redactor
 from .topology import RouterNode, Topology
 

@@ -1,14 +1,12 @@
 """YAML documents with line/column marks, and errors that point into them.
 
-Every problem found in a user's file (syntax, schema, semantics) becomes a `Problem` with the
-file, line, column and dotted path of the offending node; `SiteError` carries all of them so the
-user sees every mistake at once, netplan-style: `FILE:LINE:COL: path: message`, the source line,
-and a caret under the column.
+Every problem found in a user's file (syntax, schema, semantics) becomes a `Problem` (problems.py)
+with the file, line, column and dotted path of the offending node; `SiteError` carries all of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, get_args
@@ -19,50 +17,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError
 
-PathPart = str | int
-
-
-def dotted(path: Sequence[PathPart]) -> str:
-    """('dmvpn', 'nhrp', 'nhs', 0, 'nbma') -> 'dmvpn.nhrp.nhs[0].nbma'."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(document)"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One error or warning, located in a source file (line and col are 1-based)."""
-
-    file: str
-    line: int
-    col: int
-    path: str
-    message: str
-    severity: str = "error"  # "error" | "warning"
-    source_line: str | None = None
-
-    def headline(self) -> str:
-        prefix = "warning: " if self.severity == "warning" else ""
-        return f"{self.file}:{self.line}:{self.col}: {prefix}{self.path}: {self.message}"
-
-    def format(self) -> str:
-        """The headline, then the source line and a caret under the column."""
-        if self.source_line is None:
-            return self.headline()
-        caret = " " * (max(self.col, 1) - 1) + "^"
-        return f"{self.headline()}\n    {self.source_line}\n    {caret}"
-
-
-class SiteError(Exception):
-    """One or more errors in a user's file. str() is the full, formatted report."""
-
-    def __init__(self, problems: Iterable[Problem]):
-        self.problems = list(problems)
-        super().__init__("\n".join(p.format() for p in self.problems))
+from .inputs import site_text
+from .problems import PathPart, Problem, SiteError, dotted
 
 
 @dataclass
@@ -72,6 +28,7 @@ class Document:
     file: str
     root: Any  # ruamel CommentedMap/CommentedSeq tree (keeps marks)
     lines: list[str] = field(default_factory=list)
+    raw: bytes = field(default=b"", repr=False)  # the file's bytes, as read (load_document)
 
     @property
     def data(self) -> Any:
@@ -133,14 +90,17 @@ def load_document(path: str | Path) -> Document:
     """Parse a YAML file, rejecting duplicate keys; raise SiteError with marks on any failure."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
+        text = site_text(raw)
     except FileNotFoundError:
         raise SiteError([Problem(name, 0, 0, "(file)", "no such file")]) from None
     except OSError as e:
         raise SiteError([Problem(name, 0, 0, "(file)", f"cannot read: {e.strerror}")]) from None
     except UnicodeDecodeError as e:
         raise SiteError([Problem(name, 0, 0, "(file)", f"not UTF-8 text: {e.reason}")]) from None
-    return parse_document(text, name)
+    doc = parse_document(text, name)
+    doc.raw = raw
+    return doc
 
 
 def parse_document(text: str, name: str) -> Document:

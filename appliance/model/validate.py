@@ -6,24 +6,19 @@ returns the warnings for weak but legal choices beside the validated `Site`.
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from ..packages import installed_versions, version_tuple
+from .inputs import SiteInputs, default_env, frr_version_to_validate, read_file
 from .loader import Document, Problem, SiteError, load_document, validate_model
 from .schema import SecretRef, Site
 
 # Debian 12 ships FRR 8.4, which has no 'ip nhrp authentication' (measured: '% Unknown command').
 NHRP_AUTH_MIN_FRR = (10, 1)
-TARGET_FRR = (8, 4)  # assumed when FRR is not installed where the site is validated
 MIN_PSK_LENGTH = 20
-# Where a box keeps {env: NAME} secrets (mode 0600), so that `appliance apply` typed in a shell
-# finds the same secrets as appliance.service; the process environment takes precedence.
-SECRETS_ENV = Path("/etc/appliance/secrets.env")
 OSPF_MD5_MAX = 16
 
 
@@ -31,45 +26,12 @@ OSPF_MD5_MAX = 16
 class LoadedSite:
     site: Site
     document: Document
+    inputs: SiteInputs  # everything the load read (holds secret values)
     warnings: list[Problem] = field(default_factory=list)
 
     @property
     def path(self) -> Path:
         return Path(self.document.file)
-
-
-def installed_frr_version() -> tuple[int, int] | None:
-    """FRR's (major, minor) from dpkg, or None where FRR is not installed."""
-    version = version_tuple(installed_versions().get("frr", ""), 2)
-    return (version[0], version[1]) if len(version) == 2 else None
-
-
-def read_secrets_env(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines (systemd EnvironmentFile syntax, without expansion); refused if world-readable."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return {}
-    if st.st_mode & stat.S_IROTH:
-        raise SiteError([Problem(str(path), 0, 0, "(file)", "world-readable; chmod 600 it")])
-    values = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise SiteError([Problem(str(path), number, 1, "(file)", "expected KEY=VALUE")])
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
-
-
-def default_env() -> dict[str, str]:
-    secrets = Path(os.environ.get("APPLIANCE_SECRETS_ENV", SECRETS_ENV))
-    return {**read_secrets_env(secrets), **os.environ}
 
 
 def load_site(
@@ -81,13 +43,12 @@ def load_site(
     """Load, validate and resolve a site file. Raises SiteError listing every problem."""
     doc = load_document(path)
     site = validate_model(doc, Site)
-    checker = _Checker(
-        doc, site, default_env() if env is None else env, frr_version or installed_frr_version() or TARGET_FRR
-    )
+    checker = _Checker(doc, site, default_env() if env is None else env, frr_version or frr_version_to_validate())
     checker.run(resolve_secrets)
     if checker.errors:
         raise SiteError(checker.errors)
-    return LoadedSite(site, doc, checker.warnings)
+    inputs = SiteInputs(str(Path(doc.file).resolve()), doc.raw, checker.env_read, checker.files_read, checker.frr)
+    return LoadedSite(site, doc, inputs, checker.warnings)
 
 
 class _Checker:
@@ -96,6 +57,9 @@ class _Checker:
         self.errors: list[Problem] = []
         self.warnings: list[Problem] = []
         self.base = Path(doc.file).resolve().parent
+        # what the checks read (SiteInputs): the variables the site names, the files it names
+        self.env_read: dict[str, str] = {}
+        self.files_read: dict[str, tuple[int, bytes]] = {}
 
     def error(self, path: tuple, message: str, at_key: bool = False) -> None:
         self.errors.append(self.doc.problem(path, message, at_key=at_key))
@@ -234,18 +198,18 @@ class _Checker:
     def readable_file(self, p: Path, path: tuple, private: bool = False) -> bytes | None:
         full = self.resolve_path(p)
         try:
-            st = full.stat()
-            data = full.read_bytes()
+            mode, data = read_file(full)
         except FileNotFoundError:
             self.error(path, f"{full}: no such file")
             return None
         except OSError as e:
             self.error(path, f"{full}: {e.strerror}")
             return None
-        if not stat.S_ISREG(st.st_mode):
+        self.files_read[str(full)] = (mode, data)
+        if not stat.S_ISREG(mode):
             self.error(path, f"{full}: not a regular file")
             return None
-        if private and st.st_mode & stat.S_IROTH:
+        if private and mode & stat.S_IROTH:
             self.error(path, f"{full} is world-readable; chmod 600 it")
         return data
 
@@ -256,6 +220,7 @@ class _Checker:
                 if resolve:
                     self.error((*path, "env"), f"environment variable {ref.env} is not set")
                 return None
+            self.env_read[ref.env] = value
         else:
             raw = self.readable_file(ref.file, (*path, "file"), private=True)
             if raw is None:

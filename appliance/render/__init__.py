@@ -1,8 +1,13 @@
-"""Pure rendering: the validated site model -> the desired state of every subsystem (spec.py)."""
+"""Pure rendering: the validated site model -> the desired state of every subsystem (spec.py).
+
+Render modules import the schema for typing only, and jinja2 when a template is first used
+(jinja.py): the drivers import them for their paths on every apply, which needs neither.
+"""
 
 from __future__ import annotations
 
-from ..model.schema import Site
+from typing import TYPE_CHECKING
+
 from .firewall import render_firewall, render_firewall_files
 from .frr import render_frr, render_frr_files
 from .ipsec import render_ipsec, render_ipsec_files
@@ -11,6 +16,9 @@ from .spec import DesiredState
 from .sysctl import render_sysctl, render_sysctl_file
 from .timesync import render_timesyncd_file
 from .vrrp import render_vrrp, render_vrrp_files
+
+if TYPE_CHECKING:  # the schema is pydantic: typing only (see render/__init__.py)
+    from ..model.schema import Site
 
 __all__ = ["render_site", "site_secrets"]
 

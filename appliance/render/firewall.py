@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from ipaddress import IPv4Network
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..model.schema import Site, TunnelRule
 from .frr import NFLOG_MULTICAST_GROUP, NFLOG_REDIRECT_GROUP
 from .spec import FirewallSpec, RenderedFile
+
+if TYPE_CHECKING:  # the schema is pydantic: typing only (see render/__init__.py)
+    from ..model.schema import Site, TunnelRule
 
 FAMILY = "inet"
 TABLE = "appliance"

@@ -18,10 +18,13 @@ Measured on FRR 8.4.4 (Debian 12); the live test in tests/unit/test_render_frr_l
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING
 
-from ..model.schema import Bgp, Eigrp, Ospf, Site, StaticRoute
 from .jinja import template
 from .spec import FrrSpec, RenderedFile
+
+if TYPE_CHECKING:  # the schema is pydantic: typing only (see render/__init__.py)
+    from ..model.schema import Bgp, Eigrp, Ospf, Site
 
 FRR_CONF_PATH = "/etc/frr/frr.conf"
 DAEMONS_PATH = "/etc/frr/daemons"
@@ -108,6 +111,8 @@ def _network_key(net: IPv4Network) -> tuple[int, int]:
 
 def static_route_lines(site: Site) -> list[str]:
     """staticd routes in its table order (prefix, then distance, then next hop)."""
+    from ..model.schema import StaticRoute  # rendering only: the module is imported without pydantic
+
     routes = list(site.routing.static)
     t = site.dmvpn.tunnel
     if site.role == "hub":

@@ -12,10 +12,12 @@ plain `swanctl --load-all` after a reboot restores the same state.
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..model.schema import Site
 from .spec import CredentialFile, IpsecSpec, RenderedFile, SharedSecret
+
+if TYPE_CHECKING:  # the schema is pydantic: typing only (see render/__init__.py)
+    from ..model.schema import Site
 
 CONNECTION = "dmvpn"
 CHILD = "dmvpn"

@@ -1,17 +1,25 @@
-"""The one jinja2 environment of the renderers: templates ship in the package, StrictUndefined."""
+"""The one jinja2 environment of the renderers: templates ship in the package, StrictUndefined.
+
+jinja2 is imported when the first template is used, not with this module: the drivers import the
+renderers for their paths on every apply, most of which render no template.
+"""
 
 from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jinja2
+if TYPE_CHECKING:
+    import jinja2
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 
 
 @cache
 def environment() -> jinja2.Environment:
+    import jinja2
+
     # auto_reload off: once loaded, rendering never touches the filesystem again.
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),

@@ -6,8 +6,12 @@ routes follow from the addresses; NHRP maps are nhrpd's ('ip nhrp nhs ... nbma .
 
 from __future__ import annotations
 
-from ..model.schema import Site
+from typing import TYPE_CHECKING
+
 from .spec import Address, LinkSettings, NetlinkSpec, Route, TunnelLink
+
+if TYPE_CHECKING:  # the schema is pydantic: typing only (see render/__init__.py)
+    from ..model.schema import Site
 
 TUNNEL_TTL = 64  # fixed, as in the lab recipe: a tunnel sets DF (PMTU discovery) only with a fixed TTL
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from ..model.schema import Site
+from typing import TYPE_CHECKING
+
 from .spec import RenderedFile
+
+if TYPE_CHECKING:  # the schema is pydantic: typing only (see render/__init__.py)
+    from ..model.schema import Site
 
 SYSCTL_PATH = "/etc/sysctl.d/90-appliance.conf"
 

@@ -5,8 +5,12 @@ Time matters to a DMVPN router beyond logs: X.509 validity and IKE lifetimes dep
 
 from __future__ import annotations
 
-from ..model.schema import Site
+from typing import TYPE_CHECKING
+
 from .spec import RenderedFile
+
+if TYPE_CHECKING:  # the schema is pydantic: typing only (see render/__init__.py)
+    from ..model.schema import Site
 
 TIMESYNCD_PATH = "/etc/systemd/timesyncd.conf.d/appliance.conf"
 

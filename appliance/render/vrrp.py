@@ -4,9 +4,13 @@ runs for groups with `track_tunnel` (templates/appliance-check-tunnel.j2)."""
 
 from __future__ import annotations
 
-from ..model.schema import Site, VrrpGroup
+from typing import TYPE_CHECKING
+
 from .jinja import template
 from .spec import RenderedFile, VrrpSpec
+
+if TYPE_CHECKING:  # the schema is pydantic: typing only (see render/__init__.py)
+    from ..model.schema import Site, VrrpGroup
 
 KEEPALIVED_CONF_PATH = "/etc/keepalived/keepalived.conf"
 TUNNEL_SCRIPT = "chk_dmvpn_tunnel"
@@ -68,6 +72,14 @@ def render_vrrp(site: Site) -> VrrpSpec:
 
 def render_states_script(state_dir: str = VRRP_STATE_DIR) -> str:
     return template("appliance-vrrp-states.j2").render(state_dir=state_dir)
+
+
+def vrrp_paths(spec: VrrpSpec) -> tuple[str, ...]:
+    """The paths of render_vrrp_files(spec), in its order, without rendering (the driver's no-op diff)."""
+    if spec.config is None:
+        return ()
+    paths = (KEEPALIVED_CONF_PATH, STATES_SCRIPT_PATH)
+    return (*paths, TUNNEL_CHECK_PATH) if spec.track_tunnel and spec.tunnel_check is not None else paths
 
 
 def render_vrrp_files(spec: VrrpSpec) -> tuple[RenderedFile, ...]:

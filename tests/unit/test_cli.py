@@ -122,6 +122,19 @@ def test_apply_does_not_import_the_lab_show_or_ha_modules() -> None:
     assert not loaded & {"appliance.lab.cli", "appliance.lab.lab", "appliance.show", "appliance.ha_cli"}
 
 
+def test_the_apply_path_loads_neither_the_schema_nor_the_yaml_parser_nor_the_templates() -> None:
+    # engine_cli, the engine, preflight and every driver: what an apply reusing its last DesiredState runs
+    code = (
+        "import importlib, sys; import appliance.engine_cli, appliance.engine as engine;"
+        "[importlib.import_module(target.split(':')[0]) for _, target in engine.ORDER];"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    loaded = set(r.stdout.split())
+    assert "appliance" in loaded, r.stderr
+    assert not loaded & {"pydantic", "pydantic_core", "ruamel", "jinja2"}
+
+
 def test_help_lists_every_command() -> None:
     r = run("--help")
     assert r.returncode == 0

@@ -321,6 +321,17 @@ def test_rendered_file_defaults_match_the_renderer():
             assert driver_files[f.path] == RenderedFile(f.path, f.content, f.mode, f.owner, f.group, f.secret)
 
 
+def test_files_of_a_rendered_state_are_taken_as_they_are_without_a_template(monkeypatch):
+    # a no-op apply diffs the desired state's own files; the daemons template would load jinja2
+    state = desired()
+
+    def no_rendering(daemons):
+        raise AssertionError("rendered although the desired state has the file")
+
+    monkeypatch.setattr("appliance.drivers.frr.render_daemons_file", no_rendering)
+    assert set(FrrDriver._files(state).values()) == {f for f in state.files if f.path in FrrDriver._files(state)}
+
+
 @needs_frr
 def test_a_reload_that_changes_the_ospf_key_leaves_it_in_no_log_and_no_file(tmp_path):
     before = desired()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -529,3 +531,34 @@ def test_gre_link_arguments() -> None:
 
 def test_the_driver_claims_no_files(tmp_path: Path) -> None:
     assert NetlinkDriver(Context(ledger=Ledger(tmp_path / "l.json"), services=None)).claims(HUB) == set()
+
+
+# --- importing pyroute2 -----------------------------------------------------------------------------
+
+
+def test_iproute_comes_without_pyroute2s_whole_namespace_which_still_loads_when_asked_for() -> None:
+    # a fresh interpreter: pyroute2/__init__ imports NDB, IPDB, conntrack... (a third of the import)
+    code = """
+import sys
+from appliance.drivers.netlink import iproute_class
+narrow = iproute_class()
+print("ndb-before", "pyroute2.ndb.main" in sys.modules)
+with narrow() as ipr:
+    assert ipr.link_lookup(ifname="lo")
+from pyroute2 import IPRoute, NDB
+import pyroute2
+import pyroute2.iproute.linux as linux
+print("same", IPRoute is narrow and pyroute2.IPRoute is narrow and pyroute2.iproute.linux is linux)
+print("ndb-after", "pyroute2.ndb.main" in sys.modules and NDB is pyroute2.ndb.main.NDB)
+try:
+    pyroute2.no_such_name
+except AttributeError:
+    print("unknown-name AttributeError")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.stdout.split("\n")[:-1] == [
+        "ndb-before False",
+        "same True",
+        "ndb-after True",
+        "unknown-name AttributeError",
+    ], r.stderr

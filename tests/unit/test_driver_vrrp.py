@@ -16,7 +16,13 @@ from appliance.drivers.vrrp import VrrpDriver, config_hash, keepalived_config_te
 from appliance.model.schema import Vrrp, VrrpGroup
 from appliance.model.validate import load_site
 from appliance.render import render_site
-from appliance.render.vrrp import KEEPALIVED_CONF_PATH, STATES_SCRIPT_PATH, TUNNEL_CHECK_PATH
+from appliance.render.vrrp import (
+    KEEPALIVED_CONF_PATH,
+    STATES_SCRIPT_PATH,
+    TUNNEL_CHECK_PATH,
+    render_vrrp_files,
+    vrrp_paths,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"DMVPN_PSK": "vrrp-test-psk-0123456789abcdef", "OSPF_KEY": "md5-vrrp-key", "BGP_PASSWORD": "bgp-vrrp-pw"}
@@ -143,6 +149,26 @@ def test_second_apply_changes_nothing(ctx):
     ctx.services.calls.clear()
     assert driver.diff(desired()) == []
     assert ctx.services.calls == []
+
+
+def test_a_second_apply_renders_no_template(ctx, monkeypatch):
+    # a no-op apply takes the files from the desired state; rendering them would load jinja2
+    driver = VrrpDriver(ctx, config_test=RecordingConfigTest())
+    state = desired()
+    apply_all(driver, state)
+
+    def no_rendering(spec):
+        raise AssertionError("rendered although the desired state has the files")
+
+    monkeypatch.setattr("appliance.drivers.vrrp.render_vrrp_files", no_rendering)
+    assert driver.diff(state) == []
+
+
+@pytest.mark.parametrize("variant", [0, 1])
+def test_the_driver_knows_the_paths_the_renderer_writes_in_its_order(variant):
+    spec = render_site(site_with_vrrp(ROOT / "examples/hub.yaml", variant)).vrrp
+    assert vrrp_paths(spec) == tuple(f.path for f in render_vrrp_files(spec))
+    assert vrrp_paths(without_vrrp().vrrp) == render_vrrp_files(without_vrrp().vrrp) == ()
 
 
 def test_changed_group_rewrites_file_and_reloads_running_keepalived(ctx):

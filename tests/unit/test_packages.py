@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance import packages, preflight
-from appliance.model import validate
+from appliance.model import inputs
 
 
 @pytest.fixture
@@ -93,9 +93,9 @@ def test_preflight_and_the_site_loader_share_one_query(monkeypatch) -> None:
         asked.append(args)
         return {"frr": "10.2.1-1", "frr-pythontools": "10.2.1-1"}
 
-    monkeypatch.setattr(validate, "installed_versions", installed)
+    monkeypatch.setattr(inputs, "installed_versions", installed)
     monkeypatch.setattr(preflight, "installed_versions", installed)
-    assert validate.installed_frr_version() == (10, 2)
+    assert inputs.installed_frr_version() == (10, 2)
     version = preflight.package_versions()
     assert (version("frr"), version("keepalived")) == ((10, 2, 1), None)
     assert asked == [(), ()]
