@@ -119,8 +119,13 @@ def static_route_lines(site: Site) -> list[str]:
         # Measured: shortcuts stay incomplete until the hub advertises the whole overlay.
         routes.append(StaticRoute(prefix=t.prefix, blackhole=True))
     elif site.routing.bgp is not None:
-        # BGP (unlike OSPF hellos) needs unicast reachability of the NHS before the session exists.
-        routes.append(StaticRoute(prefix=t.prefix, interface=t.name))
+        # BGP (unlike OSPF hellos) needs unicast reachability of the NHS before the session exists:
+        # a host route to each NHS. Not the whole overlay on the interface: nhrpd answers a
+        # resolution request along its route to the requester, and over that route it found no NBMA
+        # address (`lookup 0.0.0.0`), so no shortcut ever formed (measured); the overlay comes from
+        # the hub, through it, as with OSPF.
+        for nhs in site.dmvpn.nhrp.nhs:
+            routes.append(StaticRoute(prefix=f"{nhs.address}/32", interface=t.name))
     keyed = {}
     for route in routes:
         target = []
