@@ -13,7 +13,7 @@ import syslog
 import threading
 from pathlib import Path
 
-from . import health, nhrp_repair, services, status
+from . import health, nat_pairs, nhrp_repair, services, status
 from .drivers.base import Context
 from .engine import build_drivers
 from .generations import STATE_DIR, StateDir
@@ -51,7 +51,16 @@ def cmd_supervise(args: argparse.Namespace) -> int:
         with IPRoute() as ipr:
             return nhrp_repair.repair_neighbours(desired.netlink.tunnel.name, lambda: status.dmvpn()["cache"], ipr)
 
-    supervisor = Supervisor(state, make_drivers, read_health, log, repair_neighbours=repair_neighbours)
+    def route_nat_pairs(desired):
+        if desired.role != "spoke":
+            return []
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            return nat_pairs.sync(desired.netlink.tunnel.name, nat_pairs.routes_through_hub(status.dmvpn()), ipr)
+
+    fixes = {"nhrp-neighbours": repair_neighbours, "nat-pairs": route_nat_pairs}
+    supervisor = Supervisor(state, make_drivers, read_health, log, runtime_fixes=fixes)
     server = serve_metrics(supervisor, args.listen, args.port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

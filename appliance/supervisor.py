@@ -52,10 +52,12 @@ class Supervisor:
         read_health: Callable[[DesiredState], dict[str, Any]],
         log: Callable[[str], None],
         health_path: Path = HEALTH_PATH,
-        repair_neighbours: Callable[[DesiredState], list[str]] | None = None,
+        runtime_fixes: dict[str, Callable[[DesiredState], list[str]]] | None = None,
     ) -> None:
         self.state, self.make_drivers, self.read_health, self.log = state, make_drivers, read_health, log
-        self.repair_neighbours = repair_neighbours  # nhrp_repair.py: what nhrpd leaves broken
+        # name -> fix of what the daemons leave wrong at run time (nhrp_repair.py, nat_pairs.py);
+        # each returns one line per thing it changed
+        self.runtime_fixes = dict(runtime_fixes or {})
         self.health_path = health_path
         self.repairs: dict[str, int] = {}
         # subsystem -> {"detected", "repaired"}: wall-clock times of its last repair (how long one takes)
@@ -81,12 +83,12 @@ class Supervisor:
         else:
             try:
                 repaired = self.repair(desired)
-                if self.repair_neighbours is not None:
-                    fixed = self.repair_neighbours(desired)
+                for name, fix in self.runtime_fixes.items():
+                    fixed = fix(desired)
                     if fixed:
-                        self.log("nhrpd left tunnel neighbours without an NBMA address; rewrote " + ", ".join(fixed))
-                        self.repairs["nhrp-neighbours"] = self.repairs.get("nhrp-neighbours", 0) + len(fixed)
-                        repaired.append("nhrp-neighbours")
+                        self.log(f"{name}: " + "; ".join(fixed))
+                        self.repairs[name] = self.repairs.get(name, 0) + len(fixed)
+                        repaired.append(name)
             except StateError:
                 note = "an apply is running: drift repair skipped"
             except engine.ApplyError as e:

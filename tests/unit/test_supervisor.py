@@ -195,9 +195,9 @@ def test_neighbours_nhrpd_left_at_0000_are_rewritten_from_its_cache() -> None:
 
 def test_a_round_reports_the_neighbour_repair(tmp_path: Path) -> None:
     sup, *_ = setup(tmp_path)
-    sup.repair_neighbours = lambda desired: ["172.16.0.11 -> 198.51.100.2"]
+    sup.runtime_fixes = {"nhrp-neighbours": lambda desired: ["172.16.0.11 -> 198.51.100.2"], "nat-pairs": lambda d: []}
     snap = sup.tick()
-    assert snap["repaired"] == ["nhrp-neighbours"] and sup.repairs["nhrp-neighbours"] == 1
+    assert snap["repaired"] == ["nhrp-neighbours"] and sup.repairs == {"nhrp-neighbours": 1}
 
 
 def test_a_slow_round_is_followed_by_as_long_a_pause(tmp_path: Path, monkeypatch) -> None:
