@@ -45,15 +45,21 @@ def routes_through_hub(dmvpn: dict[str, Any]) -> dict[str, str]:
     return routes
 
 
+def installed(ipr: Any) -> dict[str, str]:
+    """{prefix: via} in table 142: what `show dmvpn` reports as going through the hub."""
+    have = {}
+    for r in ipr.get_routes(family=socket.AF_INET, table=FALLBACK_TABLE):
+        if (r.get_attr("RTA_TABLE") or r["table"]) == FALLBACK_TABLE:
+            have[f"{r.get_attr('RTA_DST')}/{r['dst_len']}"] = r.get_attr("RTA_GATEWAY")
+    return have
+
+
 def sync(tunnel: str, wanted: dict[str, str], ipr: Any) -> list[str]:
     """Make table 142 and its rule hold exactly `wanted`; returns one line per change."""
     idx = ipr.link_lookup(ifname=tunnel)
     if not idx:
         return []
-    have = {}
-    for r in ipr.get_routes(family=socket.AF_INET, table=FALLBACK_TABLE):
-        if (r.get_attr("RTA_TABLE") or r["table"]) == FALLBACK_TABLE:
-            have[f"{r.get_attr('RTA_DST')}/{r['dst_len']}"] = r.get_attr("RTA_GATEWAY")
+    have = installed(ipr)
     changes = []
     for prefix, via in sorted(wanted.items()):
         if have.get(prefix) != via:

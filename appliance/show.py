@@ -31,6 +31,8 @@ def human_bytes(n: int) -> str:
 
 def format_dmvpn(d: dict) -> str:
     out = []
+    # both spokes behind NAT: the supervisor routes the shortcut's prefix through the hub (nat_pairs.py)
+    path = {r["prefix"]: f"via hub {r['via']} (both behind NAT)" for r in d.get("through_hub", [])}
     if d["nhs"]:
         out += [
             "Next-hop servers",
@@ -71,8 +73,11 @@ def format_dmvpn(d: dict) -> str:
         "",
         "Shortcuts",
         table(
-            ["type", "prefix", "via", "identity"],
-            [(e.get("type"), e.get("prefix"), e.get("via"), e.get("identity")) for e in d["shortcuts"]],
+            ["type", "prefix", "via", "identity", "path"],
+            [
+                (e.get("type"), e.get("prefix"), e.get("via"), e.get("identity"), path.get(e.get("prefix"), "direct"))
+                for e in d["shortcuts"]
+            ],
         ),
     ]
     out += [f"warning: {w}" for w in d["warnings"]]

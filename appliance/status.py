@@ -88,7 +88,23 @@ def dmvpn() -> dict[str, Any]:
         if nbma and count > 1
     ]
     servers = [{**e, "registered": nhs_registered(e)} for e in _table(nhs)]
-    return {"nhs": servers, "cache": _table(cache), "shortcuts": _table(shortcuts), "warnings": warnings}
+    through_hub = [{"prefix": p, "via": v} for p, v in sorted(_nat_pair_routes().items())]
+    return {
+        "nhs": servers,
+        "cache": _table(cache),
+        "shortcuts": _table(shortcuts),
+        "through_hub": through_hub,
+        "warnings": warnings,
+    }
+
+
+def _nat_pair_routes() -> dict[str, str]:
+    """Shortcut prefixes the supervisor sends through the hub (both spokes behind NAT; nat_pairs.py)."""
+    from . import nat_pairs
+    from .drivers.netlink import iproute_class
+
+    with iproute_class()() as ipr:
+        return nat_pairs.installed(ipr)
 
 
 def nhs_registered(entry: dict[str, Any]) -> bool:

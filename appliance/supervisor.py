@@ -82,13 +82,14 @@ class Supervisor:
             note = "no generation applied yet"
         else:
             try:
-                repaired = self.repair(desired)
+                # the runtime fixes first: each is a question or two, a drift check reads every daemon
                 for name, fix in self.runtime_fixes.items():
                     fixed = fix(desired)
                     if fixed:
                         self.log(f"{name}: " + "; ".join(fixed))
                         self.repairs[name] = self.repairs.get(name, 0) + len(fixed)
                         repaired.append(name)
+                repaired += self.repair(desired)
             except StateError:
                 note = "an apply is running: drift repair skipped"
             except engine.ApplyError as e:

@@ -28,6 +28,7 @@ ROUTERS = {"hub": "192.0.2.2", "spoke1": "198.51.100.2", "spoke2": "198.51.100.6
 TOPOLOGY = """\
 name: x509
 supervise: true
+supervise_interval: 15
 nodes:
   inet:
     kind: internet

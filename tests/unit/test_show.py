@@ -82,3 +82,18 @@ def test_a_spokes_own_resolutions_sharing_an_nbma_raise_no_warning(monkeypatch) 
     ]
     monkeypatch.setattr(status, "vtysh_json", fake_vtysh([NHS_REGISTERED], resolutions))
     assert status.dmvpn()["warnings"] == []
+
+
+def test_a_shortcut_the_supervisor_sends_through_the_hub_says_so(monkeypatch) -> None:
+    shortcuts = [{"type": "dynamic", "prefix": "10.0.4.0/24", "via": "172.16.0.14", "identity": ""}]
+    monkeypatch.setattr(status, "vtysh_json", fake_vtysh([NHS_REGISTERED], []))
+    monkeypatch.setattr(status, "_nat_pair_routes", lambda: {"10.0.4.0/24": "172.16.0.1"})
+    data = {**status.dmvpn(), "shortcuts": shortcuts}
+    assert data["through_hub"] == [{"prefix": "10.0.4.0/24", "via": "172.16.0.1"}]
+    row = next(line for line in show.format_dmvpn(data).splitlines() if "10.0.4.0/24" in line)
+    assert row.rstrip().endswith("via hub 172.16.0.1 (both behind NAT)"), row
+    monkeypatch.setattr(status, "_nat_pair_routes", lambda: {})
+    row = next(
+        line for line in show.format_dmvpn({**status.dmvpn(), "shortcuts": shortcuts}).splitlines() if "10.0.4" in line
+    )
+    assert row.split()[-1] == "direct"
