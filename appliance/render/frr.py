@@ -234,6 +234,9 @@ def bgp_networks(site: Site, bgp: Bgp) -> list[IPv4Network]:
     return sorted(nets, key=_network_key)
 
 
+BGP_CONNECT_RETRY_S = 10
+
+
 def bgp_lines(site: Site, bgp: Bgp) -> list[str]:
     hub = site.role == "hub"
     remote_asn = bgp.asn if hub else (bgp.hub_asn or bgp.asn)
@@ -252,6 +255,9 @@ def bgp_lines(site: Site, bgp: Bgp) -> list[str]:
             # The tunnel address is a /32: no peer is on a connected subnet.
             out.append(f" neighbor {peer} disable-connected-check")
         out.append(f" neighbor {peer} timers {bgp.keepalive} {bgp.holdtime}")
+        # The first SYN to a peer across the DMVPN often waits for IKE and is lost; FRR's default
+        # retry is 120 s (measured: BGP took minutes to establish in the lab), so retry every 10 s.
+        out.append(f" neighbor {peer} timers connect {BGP_CONNECT_RETRY_S}")
     if hub:
         out.append(f" bgp listen range {site.dmvpn.tunnel.prefix} peer-group {BGP_SPOKES_PEER_GROUP}")
     out += [" !", " address-family ipv4 unicast"]

@@ -160,6 +160,7 @@ def test_bgp_hub_is_a_route_reflector_listening_on_the_overlay(tmp_path: Path) -
         "neighbor SPOKES peer-group",
         "neighbor SPOKES remote-as 65000",
         "neighbor SPOKES timers 10 30",
+        "neighbor SPOKES timers connect 10",
         "bgp listen range 172.16.0.0/24 peer-group SPOKES",
         "!",
         "address-family ipv4 unicast",
