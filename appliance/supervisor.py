@@ -84,7 +84,11 @@ class Supervisor:
             try:
                 # the runtime fixes first: each is a question or two, a drift check reads every daemon
                 for name, fix in self.runtime_fixes.items():
-                    fixed = fix(desired)
+                    try:
+                        fixed = fix(desired)
+                    except Exception as e:  # a dead daemon: the drift repair below brings it back
+                        self.log(f"{name}: skipped this round: {type(e).__name__}: {e}")
+                        continue
                     if fixed:
                         self.log(f"{name}: " + "; ".join(fixed))
                         self.repairs[name] = self.repairs.get(name, 0) + len(fixed)

@@ -167,6 +167,7 @@ def test_spoke_without_its_tunnel_gives_up_mastership(ha):
 
 
 def test_spokes_register_with_both_hubs(ha):
+    both_hubs_serve(ha)  # the failover tests before this one took a hub's public link down
     for spoke in ("spokea", "spokeb"):
         nhs = show(ha, spoke, "dmvpn")["nhs"]
         assert sorted((e["nbma"], e["registered"]) for e in nhs) == [("192.0.2.2", True), ("192.0.2.6", True)]

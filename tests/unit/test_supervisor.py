@@ -200,6 +200,20 @@ def test_a_round_reports_the_neighbour_repair(tmp_path: Path) -> None:
     assert snap["repaired"] == ["nhrp-neighbours"] and sup.repairs == {"nhrp-neighbours": 1}
 
 
+def test_a_runtime_fix_that_fails_does_not_stop_the_drift_repair(tmp_path: Path) -> None:
+    """nhrpd killed: the NAT-pair fix cannot ask it, and the repair must still restart FRR."""
+    sup, *_ = setup(tmp_path)
+    repaired = []
+
+    def dead_daemon(desired):
+        raise RuntimeError("vtysh: nhrpd is not running")
+
+    sup.runtime_fixes = {"nat-pairs": dead_daemon}
+    sup.repair = lambda desired: repaired.append(desired) or ["frr"]
+    snap = sup.tick()
+    assert snap["repaired"] == ["frr"] and len(repaired) == 1
+
+
 def test_a_slow_round_is_followed_by_as_long_a_pause(tmp_path: Path, monkeypatch) -> None:
     """Supervision never takes more than half a CPU from the daemons it watches (a loaded box)."""
     sup, *_ = setup(tmp_path)
