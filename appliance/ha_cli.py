@@ -49,7 +49,7 @@ def cmd_supervise(args: argparse.Namespace) -> int:
         from pyroute2 import IPRoute
 
         with IPRoute() as ipr:
-            return nhrp_repair.repair_neighbours(desired.netlink.tunnel.name, lambda: status.dmvpn()["cache"], ipr)
+            return nhrp_repair.repair_neighbours(desired.netlink.tunnel.name, lambda: status.nhrp()["cache"], ipr)
 
     def route_nat_pairs(desired):
         if desired.role != "spoke":
@@ -57,7 +57,7 @@ def cmd_supervise(args: argparse.Namespace) -> int:
         from pyroute2 import IPRoute
 
         with IPRoute() as ipr:
-            return nat_pairs.sync(desired.netlink.tunnel.name, nat_pairs.routes_through_hub(status.dmvpn()), ipr)
+            return nat_pairs.sync(desired.netlink.tunnel.name, nat_pairs.routes_through_hub(status.nhrp()), ipr)
 
     fixes = {"nhrp-neighbours": repair_neighbours, "nat-pairs": route_nat_pairs}
     supervisor = Supervisor(state, make_drivers, read_health, log, runtime_fixes=fixes)

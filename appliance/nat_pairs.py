@@ -18,7 +18,7 @@ from typing import Any
 
 FALLBACK_TABLE = 142
 RULE_PRIORITY = 100
-ROUTE_PROTO = 4  # RTPROT_STATIC, as the netlink driver's routes
+ROUTE_PROTO = "static"  # as the netlink driver's routes (drivers/netlink.py OUR_PROTO)
 RTNH_F_ONLINK = 4  # the NHS is reached over the tunnel, as zebra installs its routes
 
 
@@ -30,7 +30,7 @@ def _behind_nat(entry: dict[str, Any]) -> bool:
 def routes_through_hub(dmvpn: dict[str, Any]) -> dict[str, str]:
     """{prefix: NHS overlay address} for shortcuts that lead from a NATed spoke to a NATed peer.
 
-    `dmvpn` is status.dmvpn(): nhrpd's NHS, cache and shortcut tables."""
+    `dmvpn` is status.nhrp(): nhrpd's NHS, cache and shortcut tables."""
     nhs = [e["protocol"] for e in dmvpn["nhs"] if e.get("registered")]
     cache = {e.get("protocol"): e for e in dmvpn["cache"]}
     own = [e for e in dmvpn["cache"] if e.get("type") == "local"]

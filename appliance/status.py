@@ -74,7 +74,13 @@ def _table(doc: Any) -> list[dict]:
 
 
 def dmvpn() -> dict[str, Any]:
-    """NHRP view: NHS registrations, cache (peers), shortcuts; duplicate NBMA addresses flagged."""
+    """`show dmvpn`: nhrpd's view, and the shortcuts the supervisor sends through the hub."""
+    through_hub = [{"prefix": p, "via": v} for p, v in sorted(_nat_pair_routes().items())]
+    return {**nhrp(), "through_hub": through_hub}
+
+
+def nhrp() -> dict[str, Any]:
+    """nhrpd's view: NHS registrations, cache (peers), shortcuts; duplicate NBMA addresses flagged."""
     nhs, cache, shortcuts = vtysh_json("show ip nhrp nhs json", "show ip nhrp cache json", "show ip nhrp shortcut json")
     peers = [e for e in _table(cache) if e.get("type") in ("dynamic", "nhs", "static", "cached")]
     # Registrations exist on a hub only (a box with no NHS): a spoke's dynamic entries are its own
@@ -88,14 +94,7 @@ def dmvpn() -> dict[str, Any]:
         if nbma and count > 1
     ]
     servers = [{**e, "registered": nhs_registered(e)} for e in _table(nhs)]
-    through_hub = [{"prefix": p, "via": v} for p, v in sorted(_nat_pair_routes().items())]
-    return {
-        "nhs": servers,
-        "cache": _table(cache),
-        "shortcuts": _table(shortcuts),
-        "through_hub": through_hub,
-        "warnings": warnings,
-    }
+    return {"nhs": servers, "cache": _table(cache), "shortcuts": _table(shortcuts), "warnings": warnings}
 
 
 def _nat_pair_routes() -> dict[str, str]:

@@ -45,14 +45,14 @@ def fake_vtysh(nhs, cache):
 
 def test_registration_is_read_from_the_nhs_protocol_address(monkeypatch) -> None:
     monkeypatch.setattr(status, "vtysh_json", fake_vtysh([NHS_UNREGISTERED], []))
-    assert status.dmvpn()["nhs"][0]["registered"] is False
+    assert status.nhrp()["nhs"][0]["registered"] is False
     monkeypatch.setattr(status, "vtysh_json", fake_vtysh([NHS_REGISTERED], []))
-    assert status.dmvpn()["nhs"][0]["registered"] is True
+    assert status.nhrp()["nhs"][0]["registered"] is True
 
 
 def test_hub_view_flags_nat_and_two_spokes_behind_one_address(monkeypatch) -> None:
     monkeypatch.setattr(status, "vtysh_json", fake_vtysh([], CACHE))
-    data = status.dmvpn()
+    data = status.nhrp()
     assert data["warnings"] == [
         "2 spokes registered from NBMA 203.0.113.2: spokes behind one PAT address cannot all work "
         "(Linux transport-mode IPsec selects SAs by address, not port)"
