@@ -76,6 +76,29 @@ def sas_with(lab, node: str, remote_host: str) -> list[dict[str, Any]]:
     return [sa for sa in show(lab, node, "ipsec")["sas"] if sa["remote"].split("[")[0] == remote_host]
 
 
+def wait_direct_path(lab, pinger: str, dst: str, near: str, far: str, near_overlay: str, far_nbma: str) -> dict:
+    """Keep pinging dst (behind `far`) from `pinger` (behind `near`) until the spoke-to-spoke path
+    has settled both ways: `far` resolved `near` (its replies stop taking the hub), `near` has an
+    installed SA with `far`, and a ping answers. A shortcut route alone is not enough: measured in
+    CI, one of the next three pings was lost while the far side still switched over. Returns the SA."""
+    run_and_expect(
+        pinging(lab, pinger, dst, lambda: cache_entry(lab, far, near_overlay)),
+        lambda e: e is not None,
+        120,
+        what=f"{far} NHRP cache entry for {near}",
+    )
+    # the first GRE packet to `far` triggers IKE; until the SA is up the kernel holds or drops
+    # packets (XfrmOutNoStates): seconds under emulation
+    sa = run_and_expect(
+        pinging(lab, pinger, dst, lambda: sas_with(lab, near, far_nbma)),
+        lambda s: any(c.get("state") == "INSTALLED" for sa in s for c in sa["children"]),
+        120,
+        what=f"{near}-{far} SA",
+    )[0]
+    wait_ping(lab, pinger, dst, timeout=60)
+    return sa
+
+
 def traceroute_hops(lab, node: str, dst: str) -> list[str]:
     out = lab.check(node, f"traceroute -n -q 1 -w 2 -m 6 {dst}", timeout=120)
     return re.findall(r"^\s*\d+\s+(\S+)", out, re.M)

@@ -7,7 +7,19 @@ from __future__ import annotations
 import json
 
 import pytest
-from dmvpn import APPLIANCE, REPO, TOPOLOGIES, appliance, ping, pinging, route_to, run_and_expect, show, wait_ping
+from dmvpn import (
+    APPLIANCE,
+    REPO,
+    TOPOLOGIES,
+    appliance,
+    ping,
+    pinging,
+    route_to,
+    run_and_expect,
+    show,
+    wait_direct_path,
+    wait_ping,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -44,6 +56,7 @@ def test_summary_only_then_shortcut_between_spokes(bgp):
         120,
         what="spoke1 shortcut to 10.0.2.0/24 under a summary route",
     )
+    wait_direct_path(bgp, "host1", "10.0.2.10", "spoke1", "spoke2", "172.16.0.11", "198.51.100.6")
     replies, ttls = ping(bgp, "host1", "10.0.2.10")
     assert replies == 3 and set(ttls) == {62}, ttls
 

@@ -30,6 +30,7 @@ from dmvpn import (
     show,
     spoke_site,
     traceroute_hops,
+    wait_direct_path,
     wait_ping,
     xfrm_stat,
 )
@@ -155,22 +156,7 @@ def test_phase3_spoke_to_spoke_goes_direct_after_the_first_packets(core):
     neigh = neighbour(core, "spoke1", "dmvpn0", "172.16.0.12")
     assert neigh and neigh["lladdr"] == SPOKE2, neigh
     assert cache_entry(core, "spoke1", "172.16.0.12")["nbma"] == SPOKE2
-    # the replies take the hub until the hub redirects spoke2 too
-    assert run_and_expect(
-        pinging(core, "host1", "10.0.2.10", lambda: cache_entry(core, "spoke2", "172.16.0.11")),
-        lambda e: e is not None,
-        120,
-        what="spoke2 NHRP cache entry for spoke1",
-    )
-    # the first GRE packet to spoke2 triggers IKE; until the SA is up the kernel holds or drops
-    # packets (XfrmOutNoStates): seconds under emulation
-    sa = run_and_expect(
-        pinging(core, "host1", "10.0.2.10", lambda: sas_with(core, "spoke1", SPOKE2)),
-        lambda s: any(c.get("state") == "INSTALLED" for sa in s for c in sa["children"]),
-        120,
-        what="spoke1-spoke2 SA",
-    )[0]
-    wait_ping(core, "host1", "10.0.2.10", timeout=60)
+    sa = wait_direct_path(core, "host1", "10.0.2.10", "spoke1", "spoke2", "172.16.0.11", SPOKE2)
     replies, ttls = ping(core, "host1", "10.0.2.10", count=3)
     assert replies == 3 and set(ttls) == {62}, ttls  # host2 <- spoke2 <- spoke1: the hub is not in the path
     hops = traceroute_hops(core, "host1", "10.0.2.10")
