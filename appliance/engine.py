@@ -4,6 +4,10 @@
     snapshots of every driver touched so far in reverse order, then report the failing step with
     the daemon's own words. A generation is recorded only once every driver verified.
 
+The preflight (can this box run the site at all?) runs right before the first change, or when a
+diff fails before any change: a no-op apply changes nothing, so it has nothing to guard, and the
+preflight's package and kernel queries were a fifth of a no-op apply's time.
+
 Each driver is diffed again right before it applies: a later driver's state depends on an earlier
 one (the per-interface sysctls exist only once netlink made the tunnel), so the plan shown to the
 user is the best prediction, and the apply is computed against what is really there.
@@ -35,6 +39,10 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("vrrp", "appliance.drivers.vrrp:VrrpDriver"),
     ("services", "appliance.drivers.system:ServicesDriver"),
 )
+
+
+class PreflightFailed(Exception):
+    """The box cannot apply the site (missing package, plugin, kernel module); nothing was changed."""
 
 
 class ApplyError(Exception):
@@ -155,9 +163,12 @@ def run_apply(
     keep_snapshots: Callable[[Snapshots], None] | None = None,
     record: bool = True,
     inputs: dict[str, Any] | None = None,
+    preflight: Callable[[], None] | None = None,
 ) -> Result:
     """Apply `desired` all or nothing and record a generation. The caller holds the state lock.
 
+    `preflight()` raises PreflightFailed when the box cannot apply `desired`; it is called once,
+    before the first change, or when a diff fails before any change.
     `before_step(subsystem)` is a test hook (kill points); `keep_snapshots` receives the snapshots
     of a successful apply (commit-confirm keeps them to undo a first apply). `record=False`
     (drift repair) converges to `desired` without recording a new generation. `inputs` (reuse.py)
@@ -175,6 +186,12 @@ def run_apply(
     applied = Plan()
     timings: dict[str, float] = {}
     step = "start"
+    unchecked = [preflight] if preflight is not None else []
+
+    def check_box() -> None:
+        while unchecked:
+            unchecked.pop()()
+
     try:
         for driver in drivers:
             step = driver.name
@@ -184,6 +201,7 @@ def run_apply(
             changes = driver.diff(desired)
             applied.changes[driver.name] = changes
             if changes:
+                check_box()
                 journal["step"] = step
                 state.write_journal(journal)
                 snapshots.append((driver, driver.snapshot(desired)))
@@ -192,7 +210,16 @@ def run_apply(
                 driver.apply(changes)
                 driver.verify(desired)
             timings[driver.name] = time.monotonic() - t0
+    except PreflightFailed:
+        state.clear_journal()
+        raise
     except Exception as e:
+        if not snapshots and unchecked:
+            try:
+                check_box()  # a box without a tool fails a diff: name the package rather than the symptom
+            except PreflightFailed:
+                state.clear_journal()
+                raise
         cause = redactor.text(str(e) if isinstance(e, DriverError) else f"{type(e).__name__}: {e}")
         log(f"failed at {step}: {cause}; restoring")
         errors = _restore(snapshots, log)

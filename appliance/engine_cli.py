@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import engine, preflight, reuse, services
+from . import engine, reuse, services
 from .drivers.base import Context, DriverError, Ledger
 from .generations import STATE_DIR, StateDir, StateError
 from .model.inputs import SiteInputs, site_text
@@ -117,10 +117,20 @@ def charon_algorithms(desired: DesiredState):
     return ask
 
 
-def run_preflight(desired: DesiredState) -> None:
+def box_preflight(desired: DesiredState) -> None:
+    """Raises engine.PreflightFailed with one line per problem when this box cannot apply `desired`."""
+    from . import preflight  # imported when asked: a no-op apply asks nothing of it
+
     problems = preflight.check(desired, charon_algorithms=charon_algorithms(desired))
     if problems:
-        raise Stop(EXIT_PREFLIGHT, "\n".join(f"preflight: {p}" for p in problems) + "\nnothing was changed")
+        raise engine.PreflightFailed("\n".join(f"preflight: {p}" for p in problems) + "\nnothing was changed")
+
+
+def run_preflight(desired: DesiredState) -> None:
+    try:
+        box_preflight(desired)
+    except engine.PreflightFailed as e:
+        raise Stop(EXIT_PREFLIGHT, str(e)) from None
 
 
 def parse_duration(text: str) -> int:
@@ -159,10 +169,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     desired = load_desired(args.site, state).desired
-    run_preflight(desired)
     ctx = make_context(state)
     drivers = make_drivers(ctx)
-    plan = engine.compute_plan(drivers, desired)
+    # As in apply (engine.py), the preflight runs only when there is something to change or a diff
+    # failed: a box lacking a tool then hears which package to install, not the tool's symptom.
+    try:
+        plan = engine.compute_plan(drivers, desired)
+    except DriverError as e:
+        run_preflight(desired)
+        raise Stop(EXIT_FAILED, str(e)) from None
+    if not plan.empty:
+        run_preflight(desired)
     redactor = Redactor(desired.secrets)
     if args.json:
         out(json.dumps(plan.to_json(redactor), indent=2, sort_keys=True))
@@ -181,7 +198,10 @@ def _apply(
     meta: dict[str, Any],
     keep=None,
     inputs: dict[str, Any] | None = None,
+    preflight: bool = False,
 ) -> engine.Result:
+    """`preflight`: check the box before the first change (engine.run_apply); a rollback does not,
+    it returns to what this box ran before."""
     ctx = make_context(state)
     drivers = make_drivers(ctx)
     try:
@@ -195,7 +215,10 @@ def _apply(
             log=eprint,
             keep_snapshots=keep,
             inputs=inputs,
+            preflight=(lambda: box_preflight(desired)) if preflight else None,
         )
+    except engine.PreflightFailed as e:
+        raise Stop(EXIT_PREFLIGHT, str(e)) from None
     except engine.ApplyError as e:
         raise Stop(EXIT_FAILED, str(e)) from None
 
@@ -204,7 +227,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     loaded = load_desired(args.site, state)
     desired = loaded.desired
-    run_preflight(desired)
     redactor = Redactor(desired.secrets)
     with _locked(state, "apply") as note:
         if note:
@@ -218,7 +240,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         meta = {"what": "apply", "site": str(args.site.resolve())}
         key = state.inputs_key(create=True)
         inputs = reuse.inputs_record(loaded.inputs, loaded.warnings, key) if key is not None else None
-        result = _apply(state, desired, loaded.site_text, meta, keep if args.confirm else None, inputs)
+        result = _apply(state, desired, loaded.site_text, meta, keep if args.confirm else None, inputs, preflight=True)
         print_result(result, redactor)
         if args.timings:
             print_timings(result)

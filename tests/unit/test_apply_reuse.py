@@ -52,7 +52,7 @@ class Box:
         for name, value in FAKE_SECRETS.items():
             monkeypatch.setenv(name, value)
         monkeypatch.setattr(inputs, "installed_frr_version", lambda: (8, 4))
-        monkeypatch.setattr(engine_cli, "run_preflight", lambda desired: None)
+        monkeypatch.setattr(engine_cli, "box_preflight", lambda desired: None)
         self.drivers: list = [SeesNoDifference()]
         monkeypatch.setattr(engine_cli, "make_drivers", lambda ctx: self.drivers)
 

@@ -99,6 +99,68 @@ def test_second_apply_changes_nothing_and_records_no_generation(tmp_path: Path) 
     assert [g.number for g in StateDir(tmp_path / "state").generations()] == [1]
 
 
+def preflight_recording(calls, verdict: str | None = None):
+    def preflight() -> None:
+        calls.append(("preflight", ""))
+        if verdict is not None:
+            raise engine.PreflightFailed(verdict)
+
+    return preflight
+
+
+def test_preflight_runs_once_right_before_the_first_change(tmp_path: Path) -> None:
+    desired, calls = desired_of(), []
+    drivers = make(calls, desired=desired)
+    drivers[0].running = "new"  # system has nothing to change: netlink makes the first change
+    run(drivers, desired, tmp_path, preflight=preflight_recording(calls))
+    assert calls[:3] == [("diff", "system"), ("diff", "netlink"), ("preflight", "")]
+    assert calls.count(("preflight", "")) == 1
+
+
+def test_a_no_op_apply_runs_no_preflight(tmp_path: Path) -> None:
+    desired, calls = desired_of(), []
+    drivers = make(calls, desired=desired)
+    run(drivers, desired, tmp_path)
+    calls.clear()
+    result = run(drivers, desired, tmp_path, preflight=preflight_recording(calls, "preflight: no frr"))
+    assert result.plan.empty and ("preflight", "") not in calls
+
+
+def test_a_failed_preflight_changes_nothing_and_is_not_an_apply_error(tmp_path: Path) -> None:
+    desired, calls = desired_of(), []
+    drivers = make(calls, desired=desired)
+    with pytest.raises(engine.PreflightFailed, match="no frr"):
+        run(drivers, desired, tmp_path, preflight=preflight_recording(calls, "preflight: no frr"))
+    assert calls == [("diff", "system"), ("preflight", "")]
+    assert all(d.running == "old" for d in drivers)
+    state = StateDir(tmp_path / "state")
+    assert state.generations() == [] and state.read_journal() is None
+
+
+def test_a_diff_failing_before_any_change_asks_the_preflight_for_the_reason(tmp_path: Path) -> None:
+    desired, calls = desired_of(), []
+    drivers = make(calls, desired=desired)
+    for d in drivers:
+        d.running = "new"
+
+    def no_vtysh(desired):
+        raise DriverError("frr", "vtysh not found")
+
+    drivers[-1].diff = no_vtysh
+    with pytest.raises(engine.PreflightFailed, match="frr-pythontools"):
+        run(
+            drivers,
+            desired,
+            tmp_path,
+            preflight=preflight_recording(calls, "preflight: apt-get install frr-pythontools"),
+        )
+    # and when the box passes, the diff's own error stands
+    calls.clear()
+    with pytest.raises(engine.ApplyError, match="vtysh not found"):
+        run(drivers, desired, tmp_path, preflight=preflight_recording(calls))
+    assert ("preflight", "") in calls
+
+
 def test_error_messages_never_carry_a_secret(tmp_path: Path) -> None:
     desired, calls = desired_of(), []
     drivers = make(calls, failing="frr", desired=desired)
