@@ -31,6 +31,11 @@ from .model.problems import Problem
 from .render.spec import DesiredState
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The package's code that turns inputs into a DesiredState and reads one back (paths under
+# PACKAGE_DIR): hashing only these, not the whole package, keeps a no-op apply from reading every
+# source file it will never run (tests/unit/test_apply_reuse.py checks that a load and a render
+# import nothing else of the package).
+RENDERING_CODE = ("model", "render", "packages.py", "desired_json.py")
 # Code outside the package that shapes a DesiredState: the YAML parser, the schema, the templates.
 LIBRARIES = ("ruamel.yaml", "pydantic", "pydantic_core", "jinja2")
 
@@ -45,13 +50,11 @@ def _feed(h: Any, *parts: str | bytes) -> None:
 
 @cache
 def code_digest() -> str:
-    """sha256 of the appliance's own files (sources, templates), the Python running them and the
+    """sha256 of the appliance's rendering code (sources, templates), the Python running it and the
     libraries it renders with (an upgrade rewrites a library's files: its __init__'s size and mtime)."""
     h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(PACKAGE_DIR):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-        for name in sorted(filenames):
-            path = Path(dirpath, name)
+    for top in RENDERING_CODE:
+        for path in _files_under(PACKAGE_DIR / top):
             _feed(h, path.relative_to(PACKAGE_DIR).as_posix(), path.read_bytes())
     _feed(h, sys.version)
     for name in LIBRARIES:
@@ -62,6 +65,17 @@ def code_digest() -> str:
             spec, st = None, None
         _feed(h, name, f"{spec.origin} {st.st_size} {st.st_mtime_ns}" if spec and st else "absent")
     return h.hexdigest()
+
+
+def _files_under(top: Path) -> list[Path]:
+    """`top` itself when it is a file, else every file below it but bytecode, in a stable order."""
+    if top.is_file():
+        return [top]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        found += [Path(dirpath, name) for name in sorted(filenames)]
+    return found
 
 
 def input_key(inputs: SiteInputs, key: bytes) -> str:

@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -206,7 +208,23 @@ def test_any_changed_input_loads_and_renders_again(box, renders, change):
     assert loaded.desired == full_render(box)
 
 
-def test_the_code_digest_covers_every_file_of_the_package_but_not_its_bytecode(tmp_path, monkeypatch):
+def test_loading_and_rendering_run_only_code_the_digest_covers() -> None:
+    code = (
+        "import sys; from pathlib import Path; from appliance.model.validate import load_site;"
+        "from appliance.render import render_site; from appliance.desired_json import from_data, to_data;"
+        f"[from_data(to_data(render_site(load_site(Path(p)).site))) for p in {[str(p) for p in EXAMPLES]!r}];"
+        "print(' '.join(m.__file__ for n, m in sys.modules.items() if n.startswith('appliance.')))"
+    )
+    env = {**os.environ, **FAKE_SECRETS}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    ran = {Path(f).resolve() for f in r.stdout.split()}
+    covered = {p.resolve() for top in reuse.RENDERING_CODE for p in reuse._files_under(reuse.PACKAGE_DIR / top)}
+    assert len(ran) > 10
+    assert ran - covered == set()  # the package's __init__ (its version) is fed on its own
+
+
+def test_the_code_digest_covers_every_file_of_the_rendering_code_but_not_its_bytecode(tmp_path, monkeypatch):
     package = tmp_path / "appliance"
     shutil.copytree(reuse.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(reuse, "PACKAGE_DIR", package)
