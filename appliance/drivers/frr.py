@@ -8,12 +8,14 @@ configuration, and `--reload` would apply it. A changed daemon set needs watchfr
 lines in the delta. vtysh start-up is the slow part under emulation: a full diff costs one
 `vtysh -C` and one `frr-reload.py --test` (three vtysh runs inside).
 
-A no-op diff costs one vtysh run: the delta is a pure function of the candidate and of the running
-config frr-reload reads (`show running-config no-header`; fed to it with `--input`, so both sides
-are exactly the text we hashed), and of the FRR tools themselves. Once an apply verified that such
-a triple has an empty delta (and so passed `vtysh -C`), the ledger keeps its hash; a diff that
-finds the same triple again skips both tools. Anything else, a hand change in vtysh, a daemon
-that died, an FRR upgrade, misses the hash and gets the full check.
+A no-op diff runs no FRR tool at all: the delta is a pure function of the candidate, of the
+running config (which vtysh merges from each daemon's own `show running-config`, with vtysh.conf,
+a file this driver checks on its own) and of the FRR tools themselves. Once an apply verified that
+such a triple has an empty delta (and so passed `vtysh -C`), the ledger keeps its hash; a diff asks
+each daemon over its vty socket, as vtysh does, and on the same triple skips vtysh and both tools
+(measured under emulation: 0.16 s for five daemons, against 0.75 s for one vtysh start-up).
+Anything else, a hand change in vtysh, a daemon that died or does not answer, an FRR upgrade,
+misses the hash and gets the full check.
 
 Files that hold the running or candidate config (OSPF keys, BGP passwords) live only in a 0700
 directory of this process under /run/appliance/frr: our candidates, and frr-reload.py's own
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -59,6 +62,8 @@ TIMEOUT_S = 300  # vtysh takes seconds per call under TCG; a reload runs many of
 SHOW_RUNNING = "show running-config no-header"  # what frr-reload.py itself reads as the running side
 _DELTA_HEADERS = {"Lines To Delete": "delete", "Lines To Add": "add"}
 NO_DELTA: dict[str, list[str]] = {"delete": [], "add": []}
+RUN_DIR = "/run/frr"  # each daemon's vty socket, <daemon>.vty
+VTY_TIMEOUT_S = 10
 WORK_DIR = "/run/appliance/frr"  # one 0700 subdirectory per process (its pid)
 # Left by older versions and by killed frr-reload runs with its default --rundir; nothing live is
 # this old (a reload step times out after TIMEOUT_S).
@@ -104,6 +109,37 @@ def strip_show_running(text: str) -> str:
     while lines and lines[-1].strip() in ("", "end"):
         lines.pop()
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def daemon_configs(run_dir: Path) -> str | None:
+    """Each running daemon's own `show running-config`, asked over its vty socket in `run_dir` the
+    way vtysh asks it; None when a daemon does not answer (stopped, stale socket, refused)."""
+    parts = []
+    for path in sorted(run_dir.glob("*.vty")):
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as vty:
+                vty.settimeout(VTY_TIMEOUT_S)
+                vty.connect(str(path))
+                answers = [_vty_command(vty, command) for command in ("enable", "show running-config")]
+        except OSError:
+            return None
+        if any(status != 0 for status, _ in answers):
+            return None
+        parts.append(f"{path.stem}\n{answers[-1][1]}")
+    return "\0".join(parts) if parts else None
+
+
+def _vty_command(vty: socket.socket, command: str) -> tuple[int, str]:
+    """(status, output) of one command: it goes NUL-terminated; the answer ends in three NULs and
+    the command's status byte (FRR's lib/vty.c, what vtysh reads)."""
+    vty.sendall(command.encode() + b"\0")
+    answer = b""
+    while not (len(answer) >= 4 and answer[-4:-1] == b"\0\0\0"):
+        chunk = vty.recv(65536)
+        if not chunk:
+            raise ConnectionResetError(f"{command}: the daemon closed its vty")
+        answer += chunk
+    return answer[-1], answer[:-4].decode(errors="replace")
 
 
 def tools_identity(paths: Sequence[str]) -> str:
@@ -216,16 +252,21 @@ class FrrDriver:
         return parse_reload_test(proc.stdout)
 
     def _candidate_delta(self, config: str) -> dict[str, list[str]]:
-        running = self._show(SHOW_RUNNING)
-        key = in_sync_key(config, running, tools_identity((VTYSH, FRR_RELOAD)))
+        tools = tools_identity((VTYSH, FRR_RELOAD))
+        run_dir = self.ctx.path(RUN_DIR)
+        daemons = daemon_configs(run_dir)
         self._verified_key = None
-        if self.ctx.ledger.section(self.name).get("in_sync") == key:
+        if daemons is not None and self.ctx.ledger.section(self.name).get("in_sync") == in_sync_key(
+            config, daemons, tools
+        ):
             return {"delete": [], "add": []}
+        running = self._show(SHOW_RUNNING)
         with candidate_file(config, self.work_dir()) as path, candidate_file(running, self.work_dir()) as running_path:
             self.check_syntax(path)
             delta = self.reload_delta(path, running_path)
-        if delta == NO_DELTA:
-            self._verified_key = key
+        # kept only when nothing changed in a daemon while vtysh and frr-reload looked
+        if delta == NO_DELTA and daemons is not None and daemon_configs(run_dir) == daemons:
+            self._verified_key = in_sync_key(config, daemons, tools)
         return delta
 
     def _show(self, command: str) -> str:
@@ -350,7 +391,7 @@ class FrrDriver:
         if left:
             detail = self.reload_delta(self._installed())
             raise DriverError(self.name, "still differs after apply: " + ", ".join(left), delta_text(detail))
-        if self._verified_key is not None:  # a later no-op diff of the same state needs one vtysh run
+        if self._verified_key is not None:  # a later no-op diff of the same state runs no FRR tool
             self.ctx.ledger.section(self.name)["in_sync"] = self._verified_key
             self.ctx.ledger.save()
 

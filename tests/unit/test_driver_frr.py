@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +14,14 @@ import pytest
 from frr_instance import FrrNamespace, frr_available, run_in_frr_namespace
 
 from appliance.drivers.base import CHANGE, CREATE, Context, DriverError, Ledger
-from appliance.drivers.frr import LEFTOVER_AGE_S, FrrDriver, parse_reload_test, private_work_dir, strip_show_running
+from appliance.drivers.frr import (
+    LEFTOVER_AGE_S,
+    FrrDriver,
+    daemon_configs,
+    parse_reload_test,
+    private_work_dir,
+    strip_show_running,
+)
 from appliance.model.validate import load_site
 from appliance.render import render_site
 from appliance.render.frr import DAEMONS_PATH, FRR_CONF_PATH, VTYSH_CONF_PATH
@@ -359,3 +368,52 @@ def test_a_reload_that_changes_the_ospf_key_leaves_it_in_no_log_and_no_file(tmp_
     assert out["running_has_new_key"]
     assert not out["log_has_key"]
     assert out["left_in_work_dir"] == [] and out["left_in_run_frr"] == []
+
+
+# --- the daemons' vty sockets (the no-op fingerprint) ---------------------------------------------
+
+
+def serve_vty(path: Path, answers: dict[bytes, bytes]) -> threading.Thread:
+    """A daemon's vty socket answering each NUL-terminated command with its output, three NULs and a
+    status byte, the output split over several writes as a busy daemon may send it."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def run() -> None:
+        conn, _ = server.accept()
+        with conn, server:
+            pending = b""
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                pending += data
+                while b"\0" in pending:
+                    command, pending = pending.split(b"\0", 1)
+                    reply = answers.get(command, b"% Unknown command\0\0\0\x02")
+                    for i in range(0, len(reply), 7):
+                        conn.sendall(reply[i : i + 7])
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_daemon_configs_asks_each_vty_socket_and_gives_up_on_one_that_does_not_answer(tmp_path: Path) -> None:
+    config = b"frr version 8.4.4\n!\nrouter ospf\n ospf router-id 10.0.0.1\nexit\n!\n"
+    for name in ("ospfd", "zebra"):
+        serve_vty(tmp_path / f"{name}.vty", {b"enable": b"\0\0\0\0", b"show running-config": config + b"\0\0\0\0"})
+    text = daemon_configs(tmp_path)
+    assert text == "\0".join(f"{name}\n{config.decode()}" for name in ("ospfd", "zebra"))
+    # a daemon that died leaves its socket file: nobody listens, so there is no fingerprint
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(tmp_path / "nhrpd.vty"))
+    stale.close()
+    assert daemon_configs(tmp_path) is None
+
+
+def test_daemon_configs_is_none_when_a_daemon_refuses_the_command(tmp_path: Path) -> None:
+    serve_vty(tmp_path / "bgpd.vty", {b"enable": b"\0\0\0\0"})  # 'show running-config': status 2
+    assert daemon_configs(tmp_path) is None
+    assert daemon_configs(tmp_path / "absent") is None  # FRR not running at all

@@ -1,5 +1,6 @@
-"""FRR driver: a no-op diff costs one vtysh run once an apply verified the same state, and still sees
-every change (real FRR 8.4 daemons in a private namespace, frr_instance.py)."""
+"""FRR driver: a no-op diff runs no FRR tool once an apply verified the same state (it asks each
+daemon over its vty socket), and still sees every change (real FRR 8.4 daemons in a private
+namespace, frr_instance.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from frr_instance import FrrNamespace, frr_available, run_in_frr_namespace
 
 from appliance.drivers.base import Context, Ledger
-from appliance.drivers.frr import FRR_RELOAD, SHOW_RUNNING, VTYSH, FrrDriver, candidate_file
+from appliance.drivers.frr import FRR_RELOAD, RUN_DIR, SHOW_RUNNING, VTYSH, FrrDriver, candidate_file, daemon_configs
 from appliance.model.validate import load_site
 from appliance.render import render_site
 from appliance.render.frr import FRR_CONF_PATH
@@ -45,7 +46,7 @@ def tools(ran: list[list[str]]) -> list[str]:
     return [" ".join(a[:3]) if a[0] == VTYSH else a[0] + " " + a[1] for a in ran]
 
 
-def test_no_op_diff_after_a_verified_apply_runs_one_vtysh_and_still_sees_hand_changes(tmp_path):
+def test_no_op_diff_after_a_verified_apply_runs_no_frr_tool_and_still_sees_hand_changes(tmp_path):
     state = desired()
 
     def scenario(frr: FrrNamespace):
@@ -58,6 +59,7 @@ def test_no_op_diff_after_a_verified_apply_runs_one_vtysh_and_still_sees_hand_ch
         noop = CountingFrrDriver(Context(ledger=Ledger(ledger_path), services=frr.services))
         noop_changes = noop.diff(state)
         ledger_after_diff = ledger_path.read_text()
+        daemons = daemon_configs(Path(RUN_DIR))
 
         frr.vtysh("configure terminal", "interface dmvpn0", "ip ospf hello-interval 5")
         by_hand = CountingFrrDriver(Context(ledger=Ledger(ledger_path), services=frr.services))
@@ -66,6 +68,8 @@ def test_no_op_diff_after_a_verified_apply_runs_one_vtysh_and_still_sees_hand_ch
             "recorded": recorded,
             "noop": noop_changes,
             "noop_tools": tools(noop.ran),
+            "daemons": [part.split("\n", 1)[0] for part in daemons.split("\0")],
+            "ospfd_asked": "ip ospf hello-interval 2" in daemons,
             "diff_is_read_only": ledger_after_diff == ledger_path.read_text(),
             "hand": [(c.kind, c.detail) for c in hand_changes],
             "hand_tools": tools(by_hand.ran),
@@ -74,7 +78,8 @@ def test_no_op_diff_after_a_verified_apply_runs_one_vtysh_and_still_sees_hand_ch
     out = run_in_frr_namespace(scenario, hostname=state.hostname, interfaces=HUB_INTERFACES)
     assert len(out["recorded"]) == 64
     assert out["noop"] == []
-    assert out["noop_tools"] == [f"{VTYSH} -c {SHOW_RUNNING}"]  # no vtysh -C, no frr-reload.py
+    assert out["noop_tools"] == []  # no vtysh, no vtysh -C, no frr-reload.py
+    assert {"zebra", "ospfd", "nhrpd"} <= set(out["daemons"]) and out["ospfd_asked"], out["daemons"]
     assert out["diff_is_read_only"]
     # a change made by hand misses the recorded state: the full check runs and FRR's delta shows it
     assert out["hand"] == [
