@@ -45,10 +45,12 @@ def routes_through_hub(dmvpn: dict[str, Any]) -> dict[str, str]:
     return routes
 
 
-def installed(ipr: Any) -> dict[str, str]:
-    """{prefix: via} in table 142: what `show dmvpn` reports as going through the hub."""
+def installed(kernel: Any) -> dict[str, str]:
+    """{prefix: via} in table 142: what `show dmvpn` reports as going through the hub.
+
+    `kernel` is an IPRoute or the netlink driver's KernelReader (both dump every table's routes)."""
     have = {}
-    for r in ipr.get_routes(family=socket.AF_INET, table=FALLBACK_TABLE):
+    for r in kernel.get_routes(family=socket.AF_INET):
         if (r.get_attr("RTA_TABLE") or r["table"]) == FALLBACK_TABLE:
             have[f"{r.get_attr('RTA_DST')}/{r['dst_len']}"] = r.get_attr("RTA_GATEWAY")
     return have

@@ -100,10 +100,10 @@ def nhrp() -> dict[str, Any]:
 def _nat_pair_routes() -> dict[str, str]:
     """Shortcut prefixes the supervisor sends through the hub (both spokes behind NAT; nat_pairs.py)."""
     from . import nat_pairs
-    from .drivers.netlink import iproute_class
+    from .drivers.netlink import KernelReader
 
-    with iproute_class()() as ipr:
-        return nat_pairs.installed(ipr)
+    with KernelReader() as kernel:  # a read: no need for IPRoute's ~190 modules
+        return nat_pairs.installed(kernel)
 
 
 def nhs_registered(entry: dict[str, Any]) -> bool:

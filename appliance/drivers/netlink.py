@@ -1,9 +1,10 @@
-"""Links, addresses, routes and neighbours through pyroute2 `IPRoute`: the mGRE tunnel and the underlay.
+"""Links, addresses, routes and neighbours: the mGRE tunnel and the underlay.
 
-Three rooms: `observe()` reads the kernel into plain JSON-able dicts, `plan()` and `restore_ops()`
-are pure functions of (desired, observed, ledger) that return operations, and `NetlinkDriver`
-runs operations with IPRoute. So every decision, including the GRE paths this host's kernel
-cannot run, is tested on recorded observations.
+Three rooms: `observe()` reads the kernel (RTNL dumps on a bare socket, decoded by pyroute2's message
+classes) into plain JSON-able dicts, `plan()` and `restore_ops()` are pure functions of (desired,
+observed, ledger) that return operations, and `NetlinkDriver` runs operations with pyroute2's
+IPRoute. So every decision, including the GRE paths this host's kernel cannot run, is tested on
+recorded observations.
 
 Ownership (netplan's rule, kept in the ledger section "netlink"): the appliance deletes only
 links, addresses, routes and neighbours it recorded as created, and records each one *before*
@@ -17,7 +18,9 @@ import copy
 import functools
 import importlib
 import importlib.util
+import os
 import socket
+import struct
 import sys
 import types
 from ipaddress import IPv4Interface
@@ -39,6 +42,13 @@ NUD_PERMANENT = 0x80
 # A removal that finds nothing (ENOENT, ESRCH, ENODEV, EADDRNOTAVAIL): the kernel flushed it already.
 ALREADY_GONE = frozenset({2, 3, 19, 99})
 EEXIST = 17
+# RTNL dump requests and replies (linux/netlink.h, linux/rtnetlink.h)
+NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETNEIGH = 18, 22, 26, 30
+# The kernel fills dump datagrams up to 32 KiB (netlink_dump); a single larger message is reported (MSG_TRUNC).
+DUMP_RECV_BYTES = 65536
+DUMP_ATTEMPTS = 3  # a dump the kernel flags as interrupted (NLM_F_DUMP_INTR) by a concurrent change is redone
 # What the kernel refuses to change on a live GRE link: a change recreates the tunnel.
 RECREATE_FIELDS = ("kind", "local", "remote", "link", "key", "ttl")
 
@@ -432,7 +442,7 @@ def _bare_route(r: dict[str, Any]) -> dict[str, Any]:
     return {k: r[k] for k in ("dst", "gateway", "ifname", "metric", "kind")}
 
 
-# --- observation (IPRoute -> plain dicts) -------------------------------------------------------
+# --- observation (pyroute2 messages -> plain dicts) ----------------------------------------------
 
 
 def proto_name(proto: int) -> str:
@@ -470,13 +480,16 @@ def link_record(msg: Any, names: dict[int, str]) -> dict[str, Any]:
     return rec
 
 
-def observe(ipr: Any, neighbour_links: set[str] | None = None) -> dict[str, Any]:
-    """What the kernel holds (IPv4, main table): links, addresses, routes; neighbours on `neighbour_links`."""
-    messages = ipr.get_links()
+def observe(kernel: Any, neighbour_links: set[str] | None = None) -> dict[str, Any]:
+    """What the kernel holds (IPv4, main table): links, addresses, routes; neighbours on `neighbour_links`.
+
+    `kernel` answers get_links(), get_addr(family), get_routes(family) and get_neighbours(family) with
+    pyroute2 messages: a KernelReader, or an IPRoute (which returns the same records)."""
+    messages = kernel.get_links()
     names = {m["index"]: m.get("IFLA_IFNAME") for m in messages}
     links = {names[m["index"]]: link_record(m, names) for m in messages}
     addresses: dict[str, list[dict[str, Any]]] = {}
-    for a in ipr.get_addr(family=socket.AF_INET):
+    for a in kernel.get_addr(family=socket.AF_INET):
         ifname = names.get(a["index"])
         local = a.get("IFA_LOCAL") or a.get("IFA_ADDRESS")
         if ifname is None or local is None:
@@ -484,7 +497,7 @@ def observe(ipr: Any, neighbour_links: set[str] | None = None) -> dict[str, Any]
         entry = {"address": f"{local}/{a['prefixlen']}", "secondary": bool(a["flags"] & IFA_F_SECONDARY)}
         addresses.setdefault(ifname, []).append(entry)
     routes = []
-    for r in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+    for r in kernel.get_routes(family=socket.AF_INET):
         if (r.get("RTA_TABLE") or r["table"]) != MAIN_TABLE:
             continue
         dst = r.get("RTA_DST") or "0.0.0.0"
@@ -500,7 +513,7 @@ def observe(ipr: Any, neighbour_links: set[str] | None = None) -> dict[str, Any]
         )
     neighbours = []
     if neighbour_links:
-        for n in ipr.get_neighbours(family=socket.AF_INET):
+        for n in kernel.get_neighbours(family=socket.AF_INET):
             ifname = names.get(n["ifindex"])
             if ifname in neighbour_links and n.get("NDA_DST"):
                 neighbours.append(
@@ -512,6 +525,90 @@ def observe(ipr: Any, neighbour_links: set[str] | None = None) -> dict[str, Any]
                     }
                 )
     return {"links": links, "addresses": addresses, "routes": routes, "neighbours": neighbours}
+
+
+# --- reading the kernel: RTNL dumps on a bare socket ---------------------------------------------
+
+
+class KernelReader:
+    """Dumps of links and IPv4 addresses, routes (every table) and neighbours over a bare
+    NETLINK_ROUTE socket, each reply decoded by pyroute2's own message classes: the records IPRoute
+    returns (same fields, get(), get_nested(), GRE IFLA_INFO_DATA decoding) without importing IPRoute,
+    which pulls asyncio, ssl and ~240 modules: seconds of a no-op apply on the lab VM's emulated CPU."""
+
+    def __init__(self) -> None:
+        self._decoders = rtnl_decoders()
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._seq = 0
+
+    def __enter__(self) -> KernelReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
+
+    def get_links(self) -> list[Any]:
+        return self._dump("links", RTM_GETLINK, socket.AF_UNSPEC)
+
+    def get_addr(self, family: int) -> list[Any]:
+        return self._dump("addresses", RTM_GETADDR, family)
+
+    def get_routes(self, family: int) -> list[Any]:
+        return self._dump("routes", RTM_GETROUTE, family)
+
+    def get_neighbours(self, family: int) -> list[Any]:
+        return self._dump("neighbours", RTM_GETNEIGH, family)
+
+    def _dump(self, what: str, request_type: int, family: int) -> list[Any]:
+        for _ in range(DUMP_ATTEMPTS):
+            messages, interrupted = self._dump_once(what, request_type, family)
+            if not interrupted:
+                return messages
+        raise DriverError(SUBSYSTEM, f"cannot read {what}", f"{DUMP_ATTEMPTS} dumps in a row changed while read")
+
+    def _dump_once(self, what: str, request_type: int, family: int) -> tuple[list[Any], bool]:
+        """The dump's messages, and whether the kernel flagged it as interrupted by a change."""
+        decoder = self._decoders[request_type]
+        self._seq += 1
+        request = decoder()
+        request["family"] = family
+        request["header"].update(type=request_type, flags=NLM_F_REQUEST | NLM_F_DUMP, sequence_number=self._seq)
+        request.encode()
+        self._sock.send(request.data)
+        messages: list[Any] = []
+        interrupted = False
+        while True:  # a dump spans datagrams until NLMSG_DONE; recvmsg itself retries on EINTR (PEP 475)
+            data, _, flags, _ = self._sock.recvmsg(DUMP_RECV_BYTES)
+            if flags & socket.MSG_TRUNC:
+                raise DriverError(SUBSYSTEM, f"cannot read {what}", f"a reply exceeds {DUMP_RECV_BYTES} bytes")
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind, msg_flags, seq = struct.unpack_from("=IHHI", data, offset)
+                if length < 16:
+                    raise DriverError(SUBSYSTEM, f"cannot read {what}", f"malformed netlink header (length {length})")
+                if seq == self._seq:
+                    interrupted |= bool(msg_flags & NLM_F_DUMP_INTR)
+                    if kind == NLMSG_DONE:
+                        return messages, interrupted
+                    if kind == NLMSG_ERROR:
+                        (error,) = struct.unpack_from("=i", data, offset + 16)
+                        raise DriverError(SUBSYSTEM, f"cannot read {what}", os.strerror(-error))
+                    message = decoder(data, offset=offset)
+                    message.decode()
+                    messages.append(message)
+                offset += (length + 3) & ~3
+
+
+@functools.cache
+def rtnl_decoders() -> dict[int, type]:
+    """pyroute2's message classes by dump request type: ~45 modules, none of IPRoute's asyncio."""
+    _pyroute2_without_its_init()
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    from pyroute2.netlink.rtnl.ndmsg import ndmsg
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    return {RTM_GETLINK: ifinfmsg, RTM_GETADDR: ifaddrmsg, RTM_GETROUTE: rtmsg, RTM_GETNEIGH: ndmsg}
 
 
 # --- the driver ----------------------------------------------------------------------------------
@@ -542,8 +639,8 @@ class NetlinkDriver:
         return links
 
     def _observe(self, spec: NetlinkSpec | None, owned: dict[str, list[Any]]) -> dict[str, Any]:
-        with _iproute() as ipr:
-            return observe(ipr, self._neighbour_links(spec, owned))
+        with KernelReader() as kernel:
+            return observe(kernel, self._neighbour_links(spec, owned))
 
     # protocol ------------------------------------------------------------------------------------
 
@@ -583,14 +680,14 @@ class NetlinkDriver:
         union = _union(owned_before, owned_now)
         self._save_owned(union)  # write-ahead: whatever exists during the restore is recorded
         errors = []
-        with _iproute() as ipr:
-            now = observe(ipr, self._neighbour_links(None, union) | {n["ifname"] for n in before["neighbours"]})
+        with KernelReader() as kernel, _iproute() as ipr:
+            now = observe(kernel, self._neighbour_links(None, union) | {n["ifname"] for n in before["neighbours"]})
             for op in restore_ops(before, now, owned_before, owned_now):
                 try:
                     self._run(ipr, op, union, record=False)
                 except DriverError as e:  # undo as much as possible, then say what is left
                     errors.append(str(e))
-            after = observe(ipr, self._neighbour_links(None, union))
+            after = observe(kernel, self._neighbour_links(None, union))
         self._save_owned(_union(owned_before, _existing(owned_now, after)))
         if errors:
             raise DriverError(self.name, "restore incomplete", "; ".join(errors))
@@ -685,7 +782,7 @@ def _kernel_words(e: Exception, op: dict[str, Any]) -> str:
     return words
 
 
-# --- IPRoute calls ---------------------------------------------------------------------------------
+# --- pyroute2 imports, IPRoute calls -------------------------------------------------------------
 
 
 def _iproute() -> Any:
@@ -694,7 +791,15 @@ def _iproute() -> Any:
 
 @functools.cache
 def iproute_class() -> type:
-    """pyroute2.iproute.linux.IPRoute, imported without running pyroute2/__init__.py first.
+    """pyroute2.iproute.linux.IPRoute, imported without running pyroute2/__init__.py first."""
+    _pyroute2_without_its_init()
+    from pyroute2.iproute.linux import IPRoute
+
+    return IPRoute
+
+
+def _pyroute2_without_its_init() -> None:
+    """Make `import pyroute2.<submodule>` skip pyroute2/__init__.py.
 
     That __init__ imports every part of pyroute2 (NDB, IPDB, conntrack, WireGuard, ...) for its flat
     namespace: pyroute2 0.9.7's IPRoute takes 90 ms to import with it, 64 ms without (native), and
@@ -707,9 +812,6 @@ def iproute_class() -> type:
             package = importlib.util.module_from_spec(spec)
             package.__getattr__ = functools.partial(_complete_package, package)
             sys.modules["pyroute2"] = package
-    from pyroute2.iproute.linux import IPRoute
-
-    return IPRoute
 
 
 def _complete_package(package: types.ModuleType, name: str) -> Any:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 
+from netns import in_fresh_netns
+
+from appliance import status
 from appliance.nat_pairs import FALLBACK_TABLE, RULE_PRIORITY, routes_through_hub, sync
 
 NHS = {"protocol": "172.16.0.1", "nbma": "192.0.2.2", "registered": True}
@@ -55,7 +59,8 @@ class Msg(dict):
 
 
 class FakeIPRoute:
-    """The part of pyroute2's IPRoute sync() uses, over an in-memory table 142 and rule list."""
+    """The part of pyroute2's IPRoute sync() uses, over an in-memory table 142 (and a main-table route
+    to ignore: route dumps hold every table) and rule list."""
 
     def __init__(self) -> None:
         self.routes: dict[str, str] = {}
@@ -65,12 +70,13 @@ class FakeIPRoute:
     def link_lookup(self, ifname: str) -> list[int]:
         return [7] if ifname == "dmvpn0" else []
 
-    def get_routes(self, family: int, table: int) -> list[Msg]:
-        assert (family, table) == (socket.AF_INET, FALLBACK_TABLE)
-        out = []
+    def get_routes(self, family: int) -> list[Msg]:
+        assert family == socket.AF_INET
+        out = [Msg({"RTA_TABLE": 254, "RTA_DST": "10.0.9.0", "RTA_GATEWAY": "192.0.2.1"}, dst_len=24, table=254)]
         for prefix, via in self.routes.items():
             dst, length = prefix.split("/")
-            out.append(Msg({"RTA_TABLE": table, "RTA_DST": dst, "RTA_GATEWAY": via}, dst_len=int(length), table=table))
+            attrs = {"RTA_TABLE": FALLBACK_TABLE, "RTA_DST": dst, "RTA_GATEWAY": via}
+            out.append(Msg(attrs, dst_len=int(length), table=FALLBACK_TABLE))
         return out
 
     def route(self, command: str, **kw) -> None:
@@ -107,3 +113,16 @@ def test_sync_installs_the_table_and_its_rule_then_changes_nothing_then_removes_
     assert sync("dmvpn0", wanted, ipr) == [] and ipr.calls == []  # a steady state writes nothing
     assert sync("dmvpn0", {}, ipr) == ["10.0.4.0/24: direct again", "172.16.0.14/32: direct again"]
     assert ipr.routes == {} and ipr.rules == []
+
+
+@in_fresh_netns
+def test_show_reads_the_routes_of_table_142_from_the_kernel() -> None:
+    for args in (
+        ["link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"],
+        ["link", "set", "eth0", "up"],
+        ["addr", "add", "192.0.2.2/24", "dev", "eth0"],
+        ["route", "add", "10.0.4.0/24", "via", "192.0.2.1", "table", str(FALLBACK_TABLE)],
+        ["route", "add", "10.0.9.0/24", "via", "192.0.2.1"],
+    ):
+        subprocess.run(["ip", *args], check=True)
+    assert status._nat_pair_routes() == {"10.0.4.0/24": "192.0.2.1"}
