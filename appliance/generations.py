@@ -19,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -28,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .boxkey import read_key
 from .desired_json import from_data, to_data
 from .files import atomic_write
 from .render.spec import DesiredState
 
 STATE_DIR = Path(os.environ.get("APPLIANCE_STATE_DIR", "/var/lib/appliance"))
 KEEP_GENERATIONS = 30
-INPUTS_KEY_BYTES = 32
 # How long a command waits for the supervisor's drift repair to release the lock (a repair re-applies
 # one subsystem: seconds on a box, a minute or two under emulation).
 REPAIR_WAIT_S = 180.0
@@ -213,24 +212,11 @@ class StateDir:
         return True
 
     def inputs_key(self, create: bool = False) -> bytes | None:
-        """This machine's key for the HMAC in inputs.json; None when there is none or it is unreadable
-        (not root), unless `create` (an apply, holding the lock) makes one."""
-        path = self.root / "inputs.key"
-        try:
-            key = path.read_bytes()
-        except FileNotFoundError:
-            key = b""
-        except OSError:
-            return None
-        if len(key) == INPUTS_KEY_BYTES:
-            return key
-        if not create:
-            return None
-        # none yet, or damaged: a new one (inputs recorded under the old one no longer match)
-        key = secrets.token_bytes(INPUTS_KEY_BYTES)
-        self.ensure()
-        atomic_write(path, key, mode=0o600)
-        return key
+        """This machine's key for the HMAC in inputs.json (boxkey.py); None when there is none or it
+        is unreadable (not root), unless `create` (an apply, holding the lock) makes one."""
+        if create:
+            self.ensure()
+        return read_key(self.root, create)
 
     def _prune(self) -> None:
         gens = self.generations()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .. import boxkey
 from ..files import atomic_write
 from ..render.spec import DesiredState, RenderedFile
 
@@ -95,6 +96,13 @@ class Ledger:
             self.data = {}
         except json.JSONDecodeError as e:
             raise DriverError("ledger", f"{self.path} is not valid JSON ({e}); move it aside to start over") from None
+
+    def fingerprint(self, data: bytes, create: bool = False) -> str | None:
+        """What the ledger records of a secret it must recognise but not hold: an HMAC under the
+        box's key (boxkey.py) in the ledger's directory; None without a key (it then matches
+        nothing: the secret is loaded again). `create` is for a writer holding the apply lock."""
+        key = boxkey.read_key(self.path.parent, create)
+        return None if key is None else boxkey.fingerprint(key, data)
 
     def section(self, name: str) -> dict[str, Any]:
         return self.data.setdefault(name, {})

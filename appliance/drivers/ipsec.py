@@ -3,7 +3,7 @@
 Observation. VICI cannot read back what a connection was loaded with (`list-conns` prints a
 different, lossy form) nor any secret. So the ledger (section "ipsec", 0600) keeps, per object the
 appliance loaded, a hash of exactly what it sent: the connection dict (sha256; no secret in it),
-the PSK and private keys (salted scrypt, never the secret). An object counts as in place when
+the PSK and private keys (an HMAC under the box key, never the secret). An object counts as in place when
 charon still lists it (`get-conns`, `get-shared`, `list-certs`, `get-keys`) *and* its hash
 matches the desired one. Thus a second apply sends no load-* at all (no SA flaps), and a charon
 restarted without our files, or a hand-made change to a connection name we own, is repaired.
@@ -15,13 +15,12 @@ after a failed apply reloads the previous files the same way.
 
 from __future__ import annotations
 
-import functools
+import base64
+import binascii
 import hashlib
 import json
 import os
 import re
-import secrets
-import ssl
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
@@ -48,7 +47,6 @@ from .base import (
 SUBSYSTEM = "ipsec"
 SERVICE = "strongswan"
 SOCKET_WAIT_S = 60.0  # TCG is slow: charon needs seconds to open its socket
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 
 # apply order of the payload kinds: files first (certificates and keys too), so that a charon
 # started here reads our strongswan.d and its `swanctl --load-all` finds every file swanctl.conf names
@@ -84,21 +82,9 @@ def conn_hash(conn: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(conn, sort_keys=True).encode()).hexdigest()
 
 
-def salted_hash(data: bytes, salt: str | None = None) -> dict[str, str]:
-    """A hash of a secret that cannot be reversed cheaply: {salt, scrypt} (both hex)."""
-    salt = salt or secrets.token_hex(16)
-    return {"salt": salt, "scrypt": _scrypt(data, salt)}
-
-
-@functools.lru_cache(maxsize=64)
-def _scrypt(data: bytes, salt: str) -> str:
-    # scrypt is slow on purpose (0.1 s here, ~1 s under emulation); the supervisor compares the same
-    # secrets with the same salts every few seconds
-    return hashlib.scrypt(data, salt=bytes.fromhex(salt), **_SCRYPT).hex()
-
-
-def matches(record: Any, data: bytes) -> bool:
-    return isinstance(record, dict) and "salt" in record and salted_hash(data, record["salt"]) == record
+def fingerprint_matches(record: Any, fingerprint: str | None) -> bool:
+    """A ledger record {"hmac": ...} of a secret against the secret's fingerprint now (Ledger.fingerprint)."""
+    return isinstance(record, dict) and fingerprint is not None and record.get("hmac") == fingerprint
 
 
 def _shared_bytes(s: SharedSecret) -> bytes:
@@ -183,10 +169,18 @@ def missing_algorithms(session, spec: IpsecSpec) -> list[str]:
 # --- the driver -----------------------------------------------------------------------------------
 
 
+_PEM_HEADER, _PEM_FOOTER = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+
+
 def _pem_to_der(pem: str) -> bytes | None:
+    """What ssl.PEM_cert_to_DER_cert does, without importing ssl (0.06 s of every no-op apply
+    under emulation)."""
+    body = pem.strip()
+    if not (body.startswith(_PEM_HEADER) and body.endswith(_PEM_FOOTER)):
+        return None
     try:
-        return ssl.PEM_cert_to_DER_cert(pem)
-    except ValueError:
+        return base64.b64decode(body[len(_PEM_HEADER) : -len(_PEM_FOOTER)])
+    except binascii.Error:
         return None
 
 
@@ -329,7 +323,8 @@ class IpsecDriver:
             record = owned_creds.get(cred.path, {})
             installed = file_differs(self.ctx, RenderedFile(cred.path, text, 0o600 if private else 0o644)) is None
             if private:
-                loaded = record.get("id") in seen["keys"] and matches(record.get("hash"), text.encode())
+                fingerprint = self.ctx.ledger.fingerprint(text.encode())
+                loaded = record.get("id") in seen["keys"] and fingerprint_matches(record.get("hash"), fingerprint)
             else:
                 loaded = _pem_to_der(text) in seen["certs"] and record.get("hash") == conn_hash({"pem": text})
             if installed and loaded:
@@ -350,7 +345,8 @@ class IpsecDriver:
             )
 
         for s in spec.secrets:
-            if s.id in seen["shared"] and matches(owned_shared.get(s.id), _shared_bytes(s)):
+            fingerprint = self.ctx.ledger.fingerprint(_shared_bytes(s))
+            if s.id in seen["shared"] and fingerprint_matches(owned_shared.get(s.id), fingerprint):
                 continue
             action = CHANGE if s.id in seen["shared"] else CREATE
             changes.append(
@@ -421,6 +417,9 @@ class IpsecDriver:
 
     # --- apply ------------------------------------------------------------------------------
 
+    def _secret_record(self, data: bytes) -> dict[str, Any]:
+        return {"hmac": self.ctx.ledger.fingerprint(data, create=True)}
+
     def _record(self, kind: str, key: str, value: Any) -> None:
         section = self.ctx.ledger.section(self.name).setdefault(kind, {})
         if value is None:
@@ -472,7 +471,7 @@ class IpsecDriver:
                 s: SharedSecret = payload[1]
                 self._record("shared", s.id, {"pending": True})  # write-ahead: owned, state unknown
                 self._vici(f"load shared key {s.id}", session.load_shared, shared_message(s))
-                self._record("shared", s.id, salted_hash(_shared_bytes(s)))
+                self._record("shared", s.id, self._secret_record(_shared_bytes(s)))
             elif step == "conn":
                 _, name, conn, h = payload
                 self._record("connections", name, "pending")
@@ -494,7 +493,7 @@ class IpsecDriver:
             key_type = cred.key_type or "any"
             message = {"type": key_type, "data": text}
             reply = _text(self._vici(f"load private key {cred.path}", session.load_key, message))
-            self._record("credentials", cred.path, {"id": reply.get("id"), "hash": salted_hash(text.encode())})
+            self._record("credentials", cred.path, {"id": reply.get("id"), "hash": self._secret_record(text.encode())})
         else:
             flag = "CA" if cred.kind == "x509ca" else "NONE"
             message = {"type": "x509", "flag": flag, "data": text}

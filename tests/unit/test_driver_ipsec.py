@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -132,13 +133,25 @@ def test_second_apply_loads_nothing_and_rekeys_nothing(ctx, charon):
     assert set(charon.commands()) == {"get-conns", "get-shared", "get-keys", "list-certs"}
 
 
-def test_ledger_keeps_a_salted_hash_of_the_psk_never_the_psk(ctx, charon):
+def test_ledger_keeps_an_hmac_of_the_psk_under_the_box_key_never_the_psk(ctx, charon):
     run(IpsecDriver(ctx, connect=charon.connect), desired())
     ledger_text = ctx.ledger.path.read_text()
     assert PSK not in ledger_text
     record = json.loads(ledger_text)["ipsec"]["shared"]["ike-dmvpn"]
-    assert set(record) == {"salt", "scrypt"} and len(record["salt"]) == 32
-    assert stat.S_IMODE(ctx.ledger.path.stat().st_mode) == 0o600
+    assert set(record) == {"hmac"} and len(record["hmac"]) == 64
+    assert hashlib.sha256(PSK.encode()).hexdigest() != record["hmac"]
+    key = ctx.ledger.path.with_name("inputs.key")
+    assert len(key.read_bytes()) == 32
+    assert stat.S_IMODE(ctx.ledger.path.stat().st_mode) == 0o600 and stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+def test_ledger_moved_to_another_box_key_loads_the_shared_key_again(ctx, charon):
+    """A record made under another key (a restored backup, a new key) proves nothing: load again."""
+    state = desired()
+    run(IpsecDriver(ctx, connect=charon.connect), state)
+    ctx.ledger.path.with_name("inputs.key").write_bytes(b"k" * 32)
+    again = IpsecDriver(Context(ledger=Ledger(ctx.ledger.path), services=ctx.services, root=ctx.root), charon.connect)
+    assert [c.description for c in again.diff(state) if c.kind == "shared-key"] == ["load IPsec shared key ike-dmvpn"]
 
 
 def test_changed_psk_loads_only_the_shared_key(ctx, charon):
