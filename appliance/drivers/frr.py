@@ -255,18 +255,17 @@ class FrrDriver:
         tools = tools_identity((VTYSH, FRR_RELOAD))
         run_dir = self.ctx.path(RUN_DIR)
         daemons = daemon_configs(run_dir)
+        key = None if daemons is None else in_sync_key(config, daemons, tools)
         self._verified_key = None
-        if daemons is not None and self.ctx.ledger.section(self.name).get("in_sync") == in_sync_key(
-            config, daemons, tools
-        ):
+        if key is not None and self.ctx.ledger.section(self.name).get("in_sync") == key:
             return {"delete": [], "add": []}
         running = self._show(SHOW_RUNNING)
         with candidate_file(config, self.work_dir()) as path, candidate_file(running, self.work_dir()) as running_path:
             self.check_syntax(path)
             delta = self.reload_delta(path, running_path)
         # kept only when nothing changed in a daemon while vtysh and frr-reload looked
-        if delta == NO_DELTA and daemons is not None and daemon_configs(run_dir) == daemons:
-            self._verified_key = in_sync_key(config, daemons, tools)
+        if delta == NO_DELTA and key is not None and daemon_configs(run_dir) == daemons:
+            self._verified_key = key
         return delta
 
     def _show(self, command: str) -> str:
