@@ -59,14 +59,17 @@ def setup_inside(node: dict, root: str, frr_uid: int, frr_gid: int) -> None:
     if not node["private"]:
         return
     d = f"{root}/{name}"
-    for sub in ("etc.upper", "etc.work", "lib.upper", "lib.work", "log/frr", "run/frr", "run/lock"):
+    overlays = ("etc.upper", "etc.work", "lib.upper", "lib.work", "tmp.upper", "tmp.work")
+    for sub in (*overlays, "log/frr", "run/frr", "run/lock"):
         os.makedirs(f"{d}/{sub}", exist_ok=True)
     for sub in ("log/frr", "run/frr"):
         os.chown(f"{d}/{sub}", frr_uid, frr_gid)
     mount("overlay", "/etc", "overlay", 0, f"lowerdir=/etc,upperdir={d}/etc.upper,workdir={d}/etc.work")
     mount("overlay", "/var/lib", "overlay", 0, f"lowerdir=/var/lib,upperdir={d}/lib.upper,workdir={d}/lib.work")
     mount(f"{d}/log", "/var/log", None, MS_BIND)
-    mount("tmpfs", "/tmp", "tmpfs", 0, "mode=1777")
+    # an overlay, not an empty tmpfs: a checkout under the host's /tmp (where a CI may clone) stays
+    # visible, so the node can run the appliance from it; what the node writes stays its own
+    mount("overlay", "/tmp", "overlay", 0, f"lowerdir=/tmp,upperdir={d}/tmp.upper,workdir={d}/tmp.work")
     with open("/etc/hostname", "w") as f:
         f.write(name + "\n")
     mount(f"{d}/run", "/run", None, MS_BIND)  # last: d lives under /run
