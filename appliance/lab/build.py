@@ -3,7 +3,7 @@
 Every node is a network namespace with its own mount and UTS namespaces, pinned by bind mounts
 under /run/lab/ns (the agent enters them with nsenter). Routers and linux nodes get private
 /etc (an overlay over the VM's /etc: their own frr, swanctl, appliance, keepalived configs),
-/var/lib (overlay), /var/log, /tmp and /run, so several FRR, charon and keepalived instances
+/var/lib and /tmp (overlays), /var/log and /run, so several FRR, charon and keepalived instances
 coexist, each with its own sockets and pid files, as in FRR's topotests (munet). /dev/log points
 to /run/log.sock, hence to each node's own syslog socket, received by the agent into the node's
 /var/log/syslog.
